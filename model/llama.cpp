@@ -1,0 +1,221 @@
+#include "model/llama.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "model/tensor_names.h"
+
+namespace bonsai {
+
+namespace F = torch::nn::functional;
+
+// Parameters start empty (no memory): a checkpoint load or init_random gives them their data and
+// shape (from the tensor table), so building an 8B-shaped module never allocates 32 GB of zeros.
+// (A meta-device placeholder would be nicer, but set_data cannot move a meta tensor to CPU.)
+WeightImpl::WeightImpl(std::vector<int64_t> shape) : shape(std::move(shape)) {
+  weight = register_parameter("weight", torch::empty({0}));
+}
+
+torch::Tensor rope_inv_freq(const LlamaConfig& c) {
+  // Same float32 arithmetic as transformers' _compute_default_rope_parameters / llama3 variant.
+  const int64_t D = c.head_dim;
+  auto exponent = torch::arange(0, D, 2, torch::kInt64).to(torch::kFloat) / static_cast<double>(D);
+  torch::Tensor inv_freq = 1.0 / torch::pow(c.rope_theta, exponent);
+  if (c.rope_scaling.type != "llama3") return inv_freq;
+  const auto& s = c.rope_scaling;
+  const double old_ctx = static_cast<double>(s.original_max_position_embeddings);
+  const double low_freq_wavelen = old_ctx / s.low_freq_factor;
+  const double high_freq_wavelen = old_ctx / s.high_freq_factor;
+  torch::Tensor wavelen = 2 * M_PI / inv_freq;
+  // Long wavelengths (low frequencies) are divided by `factor`; short ones kept; in between blended.
+  torch::Tensor scaled = torch::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  torch::Tensor smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  torch::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  torch::Tensor is_medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return torch::where(is_medium, smoothed, scaled);
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  torch::Tensor h = x.to(torch::kFloat);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+namespace {
+
+// x is (B,heads,T,D); cos/sin are (T,D/2) in x's dtype. Rotates the two halves of each head, the
+// layout transformers uses (rotate_half), so HF checkpoints need no permutation.
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  torch::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+inline void trace(const ForwardOptions& opt, int64_t layer, const char* name, const torch::Tensor& t) {
+  if (opt.trace != nullptr) (*opt.trace)(layer, name, t);
+}
+
+}  // namespace
+
+LlamaImpl::LlamaImpl(const LlamaConfig& cfg) : cfg_(cfg) {
+  cfg_.validate("LlamaConfig");
+  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, D = cfg.head_dim;
+  const int64_t H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
+  auto model = register_module("model", std::make_shared<torch::nn::Module>());
+  embed_ = model->register_module("embed_tokens", std::make_shared<WeightImpl>(std::vector<int64_t>{cfg.vocab_size, C}));
+  auto layers = model->register_module("layers", std::make_shared<torch::nn::Module>());
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    auto blk = layers->register_module(std::to_string(i), std::make_shared<torch::nn::Module>());
+    auto attn = blk->register_module("self_attn", std::make_shared<torch::nn::Module>());
+    auto mlp = blk->register_module("mlp", std::make_shared<torch::nn::Module>());
+    auto w = [](const std::shared_ptr<torch::nn::Module>& parent, const char* name, std::vector<int64_t> shape) {
+      return parent->register_module(name, std::make_shared<WeightImpl>(std::move(shape)));
+    };
+    LlamaLayer l;
+    l.attn_norm = w(blk, "input_layernorm", {C});
+    l.q = w(attn, "q_proj", {H * D, C});
+    l.k = w(attn, "k_proj", {Hkv * D, C});
+    l.v = w(attn, "v_proj", {Hkv * D, C});
+    l.o = w(attn, "o_proj", {C, H * D});
+    l.ffn_norm = w(blk, "post_attention_layernorm", {C});
+    l.gate = w(mlp, "gate_proj", {I, C});
+    l.up = w(mlp, "up_proj", {I, C});
+    l.down = w(mlp, "down_proj", {C, I});
+    layers_.push_back(l);
+  }
+  final_norm_ = model->register_module("norm", std::make_shared<WeightImpl>(std::vector<int64_t>{C}));
+  if (!cfg.tie_word_embeddings) {
+    lm_head_ = register_module("lm_head", std::make_shared<WeightImpl>(std::vector<int64_t>{cfg.vocab_size, C}));
+  }
+  inv_freq_ = rope_inv_freq(cfg_);
+}
+
+torch::Tensor LlamaImpl::output_weight() const { return lm_head_ ? lm_head_->weight : embed_->weight; }
+
+std::pair<torch::Tensor, torch::Tensor> LlamaImpl::rope_cos_sin(int64_t start, int64_t T, torch::Device dev) const {
+  auto pos = torch::arange(start, start + T, torch::TensorOptions().dtype(torch::kFloat).device(dev));
+  torch::Tensor freqs = pos.unsqueeze(1) * inv_freq_.to(dev).unsqueeze(0);  // (T, D/2)
+  return {freqs.cos(), freqs.sin()};
+}
+
+torch::Tensor LlamaImpl::block(const LlamaLayer& l, int64_t i, torch::Tensor x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const ForwardOptions& opt) {
+  const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
+  const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  // --- attention: x (B,T,C) -> q (B,H,T,D), k/v (B,Hkv,T,D)
+  torch::Tensor h = rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
+  trace(opt, i, "attn_norm", h);
+  torch::Tensor q = F::linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
+  torch::Tensor k = F::linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
+  torch::Tensor v = F::linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  trace(opt, i, "q", q);
+  trace(opt, i, "k", k);
+  trace(opt, i, "v", v);
+  torch::Tensor a = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                     /*is_causal=*/true, /*scale=*/std::nullopt,
+                                                     /*enable_gqa=*/H != Hkv);
+  a = a.transpose(1, 2).reshape({B, T, H * D});  // (B,T,H*D): per-head outputs before o_proj
+  trace(opt, i, "attn_out", a);
+  a = F::linear(a, l.o->weight);
+  trace(opt, i, "attn_proj", a);
+  x = x + a;
+  // --- SwiGLU MLP
+  h = rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
+  trace(opt, i, "ffn_norm", h);
+  torch::Tensor act = F::silu(F::linear(h, l.gate->weight)) * F::linear(h, l.up->weight);  // (B,T,I)
+  trace(opt, i, "ffn_act", act);
+  torch::Tensor m = F::linear(act, l.down->weight);
+  trace(opt, i, "ffn_out", m);
+  x = x + m;
+  trace(opt, i, "layer_out", x);
+  return x;
+}
+
+ForwardOutput LlamaImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& opt) {
+  if (input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong) {
+    throw Error("Llama forward: input_ids must be (B,T) int64, got " + shape_str(input_ids.sizes().vec()) +
+                " " + std::string(c10::toString(input_ids.scalar_type())));
+  }
+  if (embed_->weight.numel() == 0) throw Error("Llama forward: the model has no weights yet", "load a checkpoint or call init_random");
+  ForwardOutput out;
+  torch::Tensor x = F::embedding(input_ids, embed_->weight);  // (B,T,C)
+  trace(opt, -1, "embed", x);
+  if (opt.return_hidden) out.hidden_states.push_back(x);
+  auto [cos, sin] = rope_cos_sin(opt.start_pos, input_ids.size(1), x.device());
+  cos = cos.to(x.scalar_type());
+  sin = sin.to(x.scalar_type());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    x = block(layers_[i], static_cast<int64_t>(i), x, cos, sin, opt);
+    if (opt.return_hidden && i + 1 < layers_.size()) out.hidden_states.push_back(x);
+  }
+  x = rms_norm(x, final_norm_->weight, cfg_.rms_norm_eps);
+  trace(opt, -1, "final_norm", x);
+  if (opt.return_hidden) out.hidden_states.push_back(x);
+  out.last_hidden = x;
+  if (opt.compute_logits) {
+    out.logits = F::linear(x, output_weight());  // (B,T,V)
+    trace(opt, -1, "logits", out.logits);
+  }
+  return out;
+}
+
+void LlamaImpl::load_state(const std::map<std::string, torch::Tensor>& tensors, const std::string& source) {
+  torch::NoGradGuard no_grad;
+  auto params = named_parameters(/*recurse=*/true);
+  auto specs = llama_tensor_specs(cfg_);
+  std::vector<std::string> missing;
+  for (auto& p : params) {
+    auto it = tensors.find(p.key());
+    if (it == tensors.end()) {
+      missing.push_back(p.key());
+      continue;
+    }
+    const auto& want = find_spec(specs, p.key())->shape;
+    if (it->second.sizes().vec() != want) {
+      throw Error(source + ": tensor '" + p.key() + "' has wrong shape; expected " + shape_str(want) + ", got " +
+                      shape_str(it->second.sizes().vec()),
+                  "the checkpoint does not match its config.json");
+    }
+    p.value().set_data(it->second);
+  }
+  if (!missing.empty()) {
+    throw Error(source + ": " + std::to_string(missing.size()) + " tensor(s) missing, first '" + missing[0] + "'",
+                "the checkpoint is incomplete or is not a Llama of this shape");
+  }
+  for (const auto& [name, t] : tensors) {
+    // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): it is unused.
+    if (name == "lm_head.weight" && cfg_.tie_word_embeddings) continue;
+    if (params.find(name) == nullptr) {
+      throw Error(source + ": unexpected tensor '" + name + "'", "the checkpoint does not match its config.json");
+    }
+  }
+}
+
+void LlamaImpl::init_random(uint64_t seed, double std) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto specs = llama_tensor_specs(cfg_);
+  for (auto& p : named_parameters(true)) {
+    const auto& shape = find_spec(specs, p.key())->shape;
+    torch::Tensor t = shape.size() == 1 ? torch::ones(shape) : at::normal(0.0, std, shape, gen);
+    p.value().set_data(t);
+  }
+}
+
+std::vector<int64_t> greedy_generate_reference(Llama& model, std::vector<int64_t> ids, int64_t n_new) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n_new; ++i) {
+    auto input = torch::tensor(ids, torch::kLong).unsqueeze(0);
+    torch::Tensor logits = model->forward(input).logits;
+    int64_t next = logits[0][-1].argmax().item<int64_t>();
+    out.push_back(next);
+    ids.push_back(next);
+  }
+  return out;
+}
+
+}  // namespace bonsai
