@@ -532,7 +532,8 @@ std::string resolve_directory(const std::string& dir) {
       return n.size() >= suffix.size() &&
              n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
-    if (!e.is_regular_file(ec)) continue;
+    std::error_code entry_ec;  // an unreadable entry is skipped, not a listing failure
+    if (!e.is_regular_file(entry_ec)) continue;
     if (ends_with(".safetensors.index.json")) indexes.push_back(e.path().string());
     if (ends_with(".safetensors")) singles.push_back(e.path().string());
   }
@@ -540,10 +541,10 @@ std::string resolve_directory(const std::string& dir) {
   if (indexes.size() == 1) return indexes[0];
   if (indexes.empty() && singles.size() == 1) return singles[0];
   fail_ckpt(dir,
-            "directory has no " + std::string(kSingleName) + " or " + kIndexName + ", and " +
-                std::to_string(indexes.size()) + " other index files and " +
+            "directory holds neither " + std::string(kSingleName) + " nor " + kIndexName +
+                ", and " + std::to_string(indexes.size()) + " other *.safetensors.index.json and " +
                 std::to_string(singles.size()) +
-                " other .safetensors files, so it is unclear which to load",
+                " other *.safetensors files (exactly one of either would be used)",
             "pass the .safetensors file or the index .json itself");
 }
 

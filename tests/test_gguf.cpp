@@ -4,6 +4,8 @@
 // written by scripts/ref/gguf_dequant_ref.py into $BONSAI_GGUF_REF_DIR.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <cmath>
@@ -800,7 +802,7 @@ class DequantReference : public ::testing::TestWithParam<const char*> {};
 // in float32, plus at most one add/subtract, i.e. one rounding per element in both implementations
 // (FMA contraction cannot change that either). A difference is a real decoding bug.
 TEST_P(DequantReference, MatchesGgufPyBitExactly) {
-  const char* dir = std::getenv("BONSAI_GGUF_REF_DIR");
+  const char* dir = bonsai::test::env_cstr("BONSAI_GGUF_REF_DIR");
   if (dir == nullptr || *dir == '\0') {
     GTEST_SKIP() << "BONSAI_GGUF_REF_DIR is not set; generate the vectors with "
                     "scripts/ref/gguf_dequant_ref.py DIR and point the variable at DIR";
@@ -849,7 +851,7 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, DequantReference,
 // ---- real files from shared/data --------------------------------------------------------------
 
 std::string shared_data_file(const std::string& rel) {
-  const char* dir = std::getenv("BONSAI_SHARED_DATA");
+  const char* dir = bonsai::test::env_cstr("BONSAI_SHARED_DATA");
   if (dir == nullptr || *dir == '\0') return "";
   const std::string path = std::string(dir) + "/" + rel;
   return file_exists(path) ? path : "";

@@ -3,6 +3,8 @@
 // package through scripts/ref/safetensors_ref.py (skipped when BONSAI_PYTHON/BONSAI_SOURCE_DIR are
 // not set).
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <array>
@@ -770,8 +772,8 @@ std::string shell_quote(const std::string& s) {
 
 // The command prefix "python script", or "" (and a reason) when the environment does not say.
 std::string reference_command(std::string* why) {
-  const char* py = std::getenv("BONSAI_PYTHON");
-  const char* src = std::getenv("BONSAI_SOURCE_DIR");
+  const char* py = bonsai::test::env_cstr("BONSAI_PYTHON");
+  const char* src = bonsai::test::env_cstr("BONSAI_SOURCE_DIR");
   if (py == nullptr || *py == '\0') return *why = "BONSAI_PYTHON is not set", "";
   if (src == nullptr || *src == '\0') return *why = "BONSAI_SOURCE_DIR is not set", "";
   return shell_quote(py) + " " + shell_quote(std::string(src) + "/scripts/ref/safetensors_ref.py");

@@ -4,15 +4,30 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <unistd.h>
+
 #include <filesystem>
+#include <map>
 #include <string>
+
+#include "test_paths.h"
 
 namespace bonsai::test {
 
-// A directory given by an environment variable (CTest sets them); empty when unset.
+// A fixture path: the environment variable when set, else where this build's CTest puts it.
 inline std::string env_dir(const char* var) {
-  const char* v = std::getenv(var);
-  return v == nullptr ? std::string() : std::string(v);
+  if (const char* v = std::getenv(var)) return v;
+  static const std::map<std::string, std::string> defaults = {BONSAI_TEST_DEFAULTS};
+  auto it = defaults.find(var);
+  return it == defaults.end() ? std::string() : it->second;
+}
+
+// The same as a C string (nullptr when there is none), for code written against std::getenv.
+inline const char* env_cstr(const char* var) {
+  static std::map<std::string, std::string> keep;
+  std::string v = env_dir(var);
+  if (v.empty()) return nullptr;
+  return keep.insert_or_assign(var, v).first->second.c_str();
 }
 
 // Fresh scratch directory under the test's temp root.
