@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "core/process.h"
 
 namespace bonsai {
 
@@ -70,6 +71,7 @@ void print_error(const std::string& cmd, const std::string& what, const std::str
 }  // namespace
 
 int bonsai_main(int argc, char** argv) {
+  configure_allocator();
   CLI::App app{"bonsai: structured pruning, distillation, alignment and serving of Llama models"};
   app.require_subcommand(1);
   app.footer("Run 'bonsai COMMAND --help' for a command's options and config keys.");

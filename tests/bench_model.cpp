@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/process.h"
 #include "model/checkpoint.h"
 
 namespace {
@@ -85,6 +86,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: bonsai_bench load PATH [--repeat N] | forward MODEL [--tokens T] [--dtype f32|bf16] [--repeat N]\n");
     return 2;
   }
+  bonsai::configure_allocator();
   try {
     std::string what = argv[1];
     int repeat = std::stoi(arg(argc, argv, "--repeat", "5"));
