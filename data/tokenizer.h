@@ -21,9 +21,20 @@ class Tokenizer {
 
   // Text -> ids. With parse_special, special-token strings in the text ("<|eot_id|>") become their
   // ids; without, they are encoded as plain text. Never adds BOS/EOS (see add_bos()).
+  // User-defined (non-special) added tokens are always matched, as HF and llama.cpp do. Malformed
+  // UTF-8 is kept byte for byte (HF and llama.cpp would substitute U+FFFD), so decode(encode(x))
+  // == x for any bytes. Thread-safe: each thread keeps its own cache of encoded words.
   std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const;
-  // ids -> text (special tokens rendered as their strings unless skip_special).
+  // encode(), and also the byte offset in `text` where each id's text starts (starts.size() ==
+  // ids.size()); for mapping spans of the text (e.g. assistant turns of a chat) onto ids.
+  std::vector<int32_t> encode_with_offsets(std::string_view text, bool parse_special,
+                                           std::vector<size_t>& starts) const;
+  // ids -> text (special tokens rendered as their strings unless skip_special). The result is raw
+  // bytes: ids that split a UTF-8 character give part of it (see StreamDecoder). Throws for an id
+  // outside [0, vocab_size()).
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  // The bytes one id decodes to (throws like decode() for a bad id).
+  const std::string& token_bytes(int32_t id) const;
 
   int64_t vocab_size() const;          // including special/added tokens
   int32_t bos_id() const;              // -1 when the model has none
@@ -33,9 +44,16 @@ class Tokenizer {
   int32_t token_id(const std::string& token_text) const;  // -1 if absent; works for special tokens
   bool is_special(int32_t id) const;
   // A stable hash of vocab + merges + special tokens + pre-tokenizer: shards record it, loaders check it.
+  // Hex SHA-256 of the canonical content (split patterns, ignore_merges, every token's kind and
+  // string in id order, merges as id pairs in rank order, or "by rank" for tiktoken files), so the
+  // same vocabulary hashes the same whichever file form it was loaded from (GGUF, tokenizer.json,
+  // vocab.json + merges.txt); bos/eos and the chat template are not part of it.
   std::string identity() const;
-  std::string pre_tokenizer_name() const;  // "llama-bpe", "gpt-2", "smollm", "starcoder"
+  // "llama-bpe", "gpt-2", "smollm", "starcoder" (as a GGUF names it; a tokenizer.json with
+  // Digits + ByteLevel, which is both, reports "starcoder"), or "custom" for other split patterns.
+  std::string pre_tokenizer_name() const;
   std::string chat_template() const;       // the model's Jinja chat template string, "" if unknown
+  const std::string& source() const;       // the file it was loaded from
 
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;

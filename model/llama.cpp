@@ -42,15 +42,13 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return weight * h.to(x.scalar_type());
 }
 
-namespace {
-
-// x is (B,heads,T,D); cos/sin are (T,D/2) in x's dtype. Rotates the two halves of each head, the
-// layout transformers uses (rotate_half), so HF checkpoints need no permutation.
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   torch::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
+
+namespace {
 
 inline void trace(const ForwardOptions& opt, int64_t layer, const char* name, const torch::Tensor& t) {
   if (opt.trace != nullptr) (*opt.trace)(layer, name, t);

@@ -58,6 +58,7 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor inv_freq() const { return inv_freq_; }
   torch::Tensor output_weight() const;  // lm_head, or the embedding when tied
   torch::Tensor embedding_weight() const { return embed_->weight; }
+  torch::Tensor final_norm_weight() const { return final_norm_->weight; }
   const std::vector<LlamaLayer>& layers() const { return layers_; }
 
   // Replaces every parameter with the tensor of the same HF name (no copy when dtype and device
@@ -78,6 +79,9 @@ TORCH_MODULE(Llama);
 
 // The RoPE inverse frequencies for a config, llama3 scaling applied (fp32, (D/2,)).
 torch::Tensor rope_inv_freq(const LlamaConfig& cfg);
+// x is (B,heads,T,D); cos/sin broadcast against (...,T,D/2) in x's dtype. Rotates the two halves of
+// each head (transformers' rotate_half layout), so HF checkpoints need no permutation.
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 // RMSNorm as in transformers: normalize in fp32, cast back, then scale by the weight.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 // Greedy decoding by recomputing the whole sequence each step (reference path; the runtime has the

@@ -1,0 +1,143 @@
+// The LibTorch backend: the same arithmetic as model/llama.cpp's forward (so greedy decoding matches
+// transformers token for token), plus a preallocated KV cache written by index.
+//
+// Cache layout per layer: k, v (max_batch, Hkv, max_seq, D). Shapes: B batch, T new tokens,
+// L attended positions, C hidden, H/Hkv heads, D head dim, V vocab.
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "runtime/backend.h"
+
+namespace bonsai {
+namespace {
+
+namespace F = torch::nn::functional;
+using torch::indexing::Slice;
+
+class TorchBackend : public Backend {
+ public:
+  explicit TorchBackend(Llama model) : model_(std::move(model)), cfg_(model_->config()) {
+    opts_ = model_->embedding_weight().options().requires_grad(false);
+    inv_freq_ = model_->inv_freq().to(opts_.device());
+  }
+
+  void reserve(int64_t max_batch, int64_t max_seq) override {
+    if (max_batch <= max_batch_ && max_seq <= max_seq_) return;
+    max_batch_ = std::max(max_batch, max_batch_);
+    max_seq_ = std::max(max_seq, max_seq_);
+    k_.clear();
+    v_.clear();
+    for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+      k_.push_back(torch::zeros({max_batch_, cfg_.num_key_value_heads, max_seq_, cfg_.head_dim}, opts_));
+      v_.push_back(torch::zeros({max_batch_, cfg_.num_key_value_heads, max_seq_, cfg_.head_dim}, opts_));
+    }
+  }
+
+  torch::Tensor step(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
+                     const std::vector<int64_t>& start) override {
+    torch::NoGradGuard ng;
+    const int64_t B = tokens.size(0), T = tokens.size(1);
+    check_step(B, T, slots, start);
+    auto dev = opts_.device();
+    auto slot_t = torch::tensor(slots, torch::kLong).to(dev);
+    auto start_t = torch::tensor(start, torch::kLong).to(dev);
+    auto pos = start_t.unsqueeze(1) + torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(dev));  // (B,T)
+    auto freqs = pos.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // (B,T,D/2), fp32 as in the forward
+    auto cos = freqs.cos().unsqueeze(1).to(opts_.dtype());          // (B,1,T,D/2)
+    auto sin = freqs.sin().unsqueeze(1).to(opts_.dtype());
+    const int64_t L = *std::max_element(start.begin(), start.end()) + T;
+    Attend at{slot_t, pos, start, slots, L, T};
+    torch::Tensor x = F::embedding(tokens.to(dev), model_->embedding_weight());  // (B,T,C)
+    const auto& layers = model_->layers();
+    for (size_t i = 0; i < layers.size(); ++i) x = layer(layers[i], i, x, cos, sin, at);
+    x = x.select(1, T - 1);  // (B,C): only the last position's logits are needed
+    x = rms_norm(x, model_->final_norm_weight(), cfg_.rms_norm_eps);
+    return F::linear(x, model_->output_weight()).to(torch::kFloat);  // (B,V)
+  }
+
+  const LlamaConfig& config() const override { return cfg_; }
+  int64_t max_seq() const override { return max_seq_; }
+  int64_t max_batch() const override { return max_batch_; }
+
+ private:
+  struct Attend {
+    torch::Tensor slot_t, pos;  // (B,), (B,T)
+    const std::vector<int64_t>& start;
+    const std::vector<int64_t>& slots;
+    int64_t L, T;
+  };
+
+  void check_step(int64_t B, int64_t T, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) const {
+    if (static_cast<int64_t>(slots.size()) != B || static_cast<int64_t>(start.size()) != B)
+      throw Error("runtime step: " + std::to_string(B) + " sequences but " + std::to_string(slots.size()) + " slots");
+    if (T > 1 && B != 1) throw Error("runtime step: prefill (T=" + std::to_string(T) + ") takes one sequence at a time");
+    for (int64_t b = 0; b < B; ++b) {
+      if (slots[b] < 0 || slots[b] >= max_batch_)
+        throw Error("runtime step: slot " + std::to_string(slots[b]) + " outside the cache's " + std::to_string(max_batch_) + " slots");
+      if (start[b] + T > max_seq_)
+        throw Error("runtime step: sequence needs " + std::to_string(start[b] + T) + " positions, the KV cache holds " +
+                    std::to_string(max_seq_), "reserve a longer cache (max tokens + prompt length)");
+    }
+  }
+
+  // K or V of the attended sequences: a view when the slots are one contiguous run, else a gather.
+  static torch::Tensor gather(const torch::Tensor& cache, const Attend& at) {
+    bool contiguous = true;
+    for (size_t b = 1; b < at.slots.size(); ++b) contiguous &= at.slots[b] == at.slots[b - 1] + 1;
+    torch::Tensor c = contiguous ? cache.narrow(0, at.slots[0], at.slots.size()) : cache.index_select(0, at.slot_t);
+    return c.narrow(2, 0, at.L);  // (B,Hkv,L,D)
+  }
+
+  void write_cache(torch::Tensor& cache, const torch::Tensor& kv, const Attend& at) {
+    if (at.T == 1) {
+      // kv (B,Hkv,1,D) -> cache[slot_b, :, pos_b, :]
+      cache.index_put_({at.slot_t, Slice(), at.pos.select(1, 0)}, kv.squeeze(2));
+    } else {
+      cache.select(0, at.slots[0]).narrow(1, at.start[0], at.T).copy_(kv.squeeze(0));
+    }
+  }
+
+  torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Attend& at) {
+    const bool gqa = cfg_.num_attention_heads != cfg_.num_key_value_heads;
+    if (at.T > 1 && at.start[0] == 0) {  // a fresh prompt: plain causal attention (flash kernel)
+      return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
+    }
+    // Query t of sequence b (at position pos[b,t]) sees cache positions j <= pos[b,t].
+    auto j = torch::arange(at.L, at.pos.options());
+    auto mask = (j.view({1, 1, at.L}) <= at.pos.unsqueeze(-1)).unsqueeze(1);  // (B,1,T,L)
+    return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt, gqa);
+  }
+
+  torch::Tensor layer(const LlamaLayer& l, size_t i, torch::Tensor x, const torch::Tensor& cos,
+                      const torch::Tensor& sin, const Attend& at) {
+    const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
+    const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+    torch::Tensor h = rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
+    torch::Tensor q = F::linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
+    torch::Tensor k = F::linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
+    torch::Tensor v = F::linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+    write_cache(k_[i], k, at);
+    write_cache(v_[i], v, at);
+    torch::Tensor a = attention(q, gather(k_[i], at), gather(v_[i], at), at);
+    a = a.transpose(1, 2).reshape({B, T, H * D});
+    x = x + F::linear(a, l.o->weight);
+    h = rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
+    torch::Tensor act = F::silu(F::linear(h, l.gate->weight)) * F::linear(h, l.up->weight);
+    return x + F::linear(act, l.down->weight);
+  }
+
+  Llama model_;
+  LlamaConfig cfg_;
+  torch::TensorOptions opts_;
+  torch::Tensor inv_freq_;
+  std::vector<torch::Tensor> k_, v_;
+  int64_t max_batch_ = 0, max_seq_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_torch_backend(Llama model) { return std::make_unique<TorchBackend>(std::move(model)); }
+
+}  // namespace bonsai
