@@ -1,11 +1,15 @@
 // `bonsai export`: convert a checkpoint (HF directory, GGUF file, or a short model name) into a
 // Hugging Face directory that transformers loads, in the dtype asked for.
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 
 #include "cli/command.h"
 #include "core/strings.h"
+#include "core/atomic_file.h"
+#include "core/error.h"
 #include "model/checkpoint.h"
+#include "model/gguf_export.h"
 
 namespace bonsai {
 namespace {
@@ -18,8 +22,33 @@ struct ExportConfig {
   std::string shard_size = "5GB";
 };
 
+void export_gguf(const ExportConfig& cfg, const Checkpoint& ck) {
+  if (ck.gguf_tokenizer_kv.empty()) {
+    throw Error("GGUF export of '" + cfg.model + "': its tokenizer cannot be written to GGUF yet",
+                "GGUF export currently takes a GGUF source (its tokenizer metadata is carried over)");
+  }
+  std::filesystem::create_directories(cfg.output);
+  GgufExportOptions opt;
+  opt.dtype = cfg.dtype;
+  opt.tokenizer_kv = ck.gguf_tokenizer_kv;
+  write_gguf(cfg.output + "/model.gguf", ck.config, ck.tensors, opt);
+  std::string tmpl;
+  for (const auto& [k, v] : ck.gguf_tokenizer_kv)
+    if (k == "tokenizer.chat_template") tmpl = v.as_string();
+  if (!tmpl.empty()) write_file_atomic(cfg.output + "/Modelfile", ollama_modelfile("model.gguf", tmpl));
+}
+
 int run_export(const ExportConfig& cfg) {
   auto t0 = std::chrono::steady_clock::now();
+  if (cfg.format == "gguf") {
+    Checkpoint ck = load_checkpoint(cfg.model, torch::kFloat);
+    export_gguf(cfg, ck);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "exported %s -> %s/model.gguf [%s] in %.1f s\n", cfg.model.c_str(), cfg.output.c_str(),
+                 cfg.dtype.c_str(), secs);
+    return 0;
+  }
+  if (cfg.dtype == "q8_0") throw Error("dtype q8_0 is for --format gguf", "HF checkpoints take f32, bf16 or f16");
   torch::ScalarType dtype = parse_dtype(cfg.dtype, "key 'dtype'");
   uint64_t shard = parse_size(cfg.shard_size, "key 'shard_size'");
   Checkpoint ck = load_checkpoint(cfg.model, dtype);
@@ -40,13 +69,13 @@ int run_export(const ExportConfig& cfg) {
 }  // namespace
 
 std::unique_ptr<Command> make_export_command(CLI::App& app) {
-  auto cmd = std::make_unique<Command>(app, "export", "Write a model as a Hugging Face checkpoint directory");
+  auto cmd = std::make_unique<Command>(app, "export", "Write a model as a Hugging Face directory or a GGUF file");
   auto cfg = std::make_shared<ExportConfig>();
   auto& s = cmd->schema();
   s.add("model", &cfg->model, "source: HF directory, .gguf file, or a known name (smollm2-135m-instruct)");
-  s.add_choice("format", &cfg->format, {"hf"}, "output format");
-  s.add_choice("dtype", &cfg->dtype, {"f32", "bf16", "f16"}, "dtype of the written weights");
-  s.add("output", &cfg->output, "output directory (written atomically: DIR.partial, then renamed)");
+  s.add_choice("format", &cfg->format, {"hf", "gguf"}, "output format (gguf: DIR/model.gguf + an Ollama Modelfile)");
+  s.add_choice("dtype", &cfg->dtype, {"f32", "bf16", "f16", "q8_0"}, "dtype of the written weights (q8_0: gguf only)");
+  s.add("output", &cfg->output, "output directory (hf: written as DIR.partial, then renamed)");
   s.add("shard_size", &cfg->shard_size, "largest safetensors shard, e.g. 5GB, 500MB");
   s.require("model", "give --model PATH_OR_NAME");
   s.require("output", "give --output DIR");

@@ -175,9 +175,16 @@ LlamaConfig gguf_config(const gguf::File& f) {
   c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
   if (f.find_tensor("rope_freqs.weight") != nullptr) {
     // llama.cpp stores llama3 scaling only as per-frequency factors, which do not determine the
-    // four HF parameters uniquely; refuse rather than guess.
-    throw Error("GGUF '" + f.path() + "' has 'rope_freqs.weight' (llama3 RoPE scaling)",
-                "loading llama3-scaled GGUFs is not supported yet; load the HF checkpoint instead");
+    // four HF parameters uniquely; bonsai's own exports also carry them as bonsai.rope.llama3.*.
+    if (f.find("bonsai.rope.llama3.factor") == nullptr) {
+      throw Error("GGUF '" + f.path() + "' has 'rope_freqs.weight' (llama3 RoPE scaling) but no bonsai.rope.llama3.* keys",
+                  "llama3-scaled GGUFs from other tools cannot be mapped back to HF exactly; load the HF checkpoint instead");
+    }
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = f.get("bonsai.rope.llama3.factor").as_f64();
+    c.rope_scaling.low_freq_factor = f.get("bonsai.rope.llama3.low_freq_factor").as_f64();
+    c.rope_scaling.high_freq_factor = f.get("bonsai.rope.llama3.high_freq_factor").as_f64();
+    c.rope_scaling.original_max_position_embeddings = gguf_int(f, "bonsai.rope.llama3.original_max_position_embeddings");
   }
   c.validate("GGUF '" + f.path() + "'");
   return c;
@@ -216,6 +223,8 @@ Checkpoint load_gguf(const std::string& path, std::optional<torch::ScalarType> d
     if (dtype && *dtype != torch::kFloat) t = t.to(*dtype);
     ck.tensors.emplace(s.hf_name, t);
   }
+  for (const auto& [key, value] : f.metadata())
+    if (key.rfind("tokenizer.", 0) == 0) ck.gguf_tokenizer_kv.emplace_back(key, value);
   json gen = {{"_from_model_config", true}};
   if (!ck.config.bos_token_id.empty()) gen["bos_token_id"] = ck.config.bos_token_id[0];
   if (!ck.config.eos_token_id.empty()) gen["eos_token_id"] = ck.config.eos_token_id[0];

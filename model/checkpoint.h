@@ -12,6 +12,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "model/gguf.h"
 #include "model/llama.h"
 
 namespace bonsai {
@@ -23,6 +24,7 @@ struct Checkpoint {
   std::string format;         // "hf" or "gguf"
   std::string hf_dir;         // for "hf": the directory (tokenizer files are carried from it)
   nlohmann::json generation_config;  // from generation_config.json, or built from the config
+  std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_kv;  // for "gguf": its tokenizer.* keys
 };
 
 // `path` is an HF directory, a .safetensors file beside a config.json, a .gguf file, or a short name
