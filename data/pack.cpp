@@ -64,11 +64,16 @@ class ByteSource {
   // The next line without its "\n" (and "\r"); false at the end of the file.
   bool getline(std::string& line) {
     line.clear();
+    bool any = false;
     for (;;) {
-      if (pos_ == end_ && !fill()) return !line.empty() || pending_cr_line();
+      if (pos_ == end_ && !fill()) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        return any;
+      }
+      any = true;
       const char* start = buf_.data() + pos_;
       const void* nl = std::memchr(start, '\n', end_ - pos_);
-      size_t n = nl ? static_cast<const char*>(nl) - start : end_ - pos_;
+      size_t n = nl ? static_cast<size_t>(static_cast<const char*>(nl) - start) : end_ - pos_;
       line.append(start, n);
       pos_ += n;
       if (nl) {
@@ -88,7 +93,9 @@ class ByteSource {
     int err = Z_OK;
     const char* msg = gzerror(f_, &err);
     if (n < 0 || (err != Z_OK && err != Z_STREAM_END)) {
-      throw Error("cannot read '" + path_ + "': " + (msg ? msg : "read error") +
+      std::string detail = msg ? msg : "read error";
+      if (detail.rfind(path_ + ": ", 0) == 0) detail.erase(0, path_.size() + 2);  // zlib prefixes the path
+      throw Error("cannot read '" + path_ + "': " + detail +
                       (err == Z_BUF_ERROR ? " (the gzip stream is truncated)" : ""),
                   "is the file complete? test it with 'gzip -t'");
     }
@@ -100,7 +107,6 @@ class ByteSource {
     if (end_ - pos_ < 3) return false;
     return std::memcmp(buf_.data() + pos_, "\xEF\xBB\xBF", 3) == 0;
   }
-  bool pending_cr_line() { return false; }
 
   std::string path_;
   gzFile f_ = nullptr;
@@ -127,12 +133,16 @@ class RecordReader {
     try {
       rec = json::parse(text);
     } catch (const json::parse_error& e) {
-      uint64_t line = start_line_ + std::count(text.begin(), text.begin() + std::min(e.byte, text.size()), '\n');
-      if (e.byte > 0 && e.byte <= text.size() && text[e.byte - 1] == '\n') --line;
+      size_t upto = std::min(e.byte > 0 ? e.byte - 1 : 0, text.size());
+      uint64_t line = start_line_ + static_cast<uint64_t>(std::count(text.begin(), text.begin() + upto, '\n'));
+      // nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 14: " counts
+      // within the record; the file line above replaces it.
       std::string msg = e.what();
-      auto cut = msg.find("] ");
+      auto col = msg.find(", column ");
+      auto cut = col == std::string::npos ? msg.find("] ") : msg.find(": ", col);
+      if (cut != std::string::npos) msg = msg.substr(cut + 2);
       throw Error(in_.path() + ":" + std::to_string(line) + ": invalid JSON in record " + std::to_string(record_) +
-                      ": " + (cut == std::string::npos ? msg : msg.substr(cut + 2)),
+                      ": " + msg,
                   "every record must be valid JSON (JSONL: one object per line)");
     }
     return true;
@@ -145,11 +155,11 @@ class RecordReader {
 
  private:
   bool next_line(std::string& text) {
-    while (in_.getline(text)) {
-      start_line_ = in_.line() - 1;
+    for (;;) {
+      start_line_ = in_.line();
+      if (!in_.getline(text)) return false;
       if (text.find_first_not_of(" \t\r") != std::string::npos) return true;
     }
-    return false;
   }
   bool next_element(std::string& text);
   [[noreturn]] void truncated() {
@@ -182,7 +192,7 @@ bool RecordReader::next_element(std::string& text) {
     c = skip_space();
   }
   if (c == -1) truncated();
-  start_line_ = in_.line() - (c == '\n' ? 1 : 0);
+  start_line_ = in_.line();
   int depth = 0;
   bool in_string = false;
   for (;; c = in_.get()) {
@@ -432,34 +442,33 @@ bool ExampleStream::open_next_file() {
   return true;
 }
 
+// The next document of a text file: a line, a paragraph, or (split: file) the whole file.
 bool ExampleStream::next_text(Example& ex) {
   const std::string& split = sources_[src_].split;
   std::string line;
-  ex.text.clear();
-  uint64_t first_line = lines_->line();
-  while (lines_->getline(line)) {
-    bool blank = line.find_first_not_of(" \t\r\f\v") == std::string::npos;
-    if (split == "line") {
-      if (blank) continue;
-      ex.text = std::move(line);
-      ex.where = lines_->path() + ":" + std::to_string(lines_->line() - 1);
-      return true;
+  bool any = false;
+  uint64_t first_line = 0;
+  for (;;) {
+    uint64_t no = lines_->line();
+    if (!lines_->getline(line)) break;
+    bool blank = line.find_first_not_of(" \t\f\v") == std::string::npos;
+    if (split != "file" && blank) {
+      if (any) break;  // the end of a paragraph
+      continue;        // separators
     }
-    if (split == "paragraph" && blank) {
-      if (ex.text.empty()) { first_line = lines_->line(); continue; }
-      break;
-    }
-    if (!ex.text.empty() || split == "file") ex.text += '\n';
-    if (ex.text.size() == 1 && split == "file" && first_line == 1 && line.empty() && ex.text == "\n") {}
+    if (!any) first_line = no;
+    if (any) ex.text += '\n';
     ex.text += line;
+    any = true;
     if (static_cast<int64_t>(ex.text.size()) > max_doc_bytes_) {
-      throw Error(lines_->path() + ":" + std::to_string(first_line) + ": a document (split: " + split + ") is larger than max_doc_bytes = " +
-                      std::to_string(max_doc_bytes_), "use split: paragraph or line, or raise max_doc_bytes");
+      throw Error(lines_->path() + ":" + std::to_string(first_line) + ": a document (split: " + split +
+                      ") is larger than max_doc_bytes = " + std::to_string(max_doc_bytes_),
+                  "use split: paragraph or line, or raise max_doc_bytes");
     }
+    if (split == "line") break;
   }
-  if (split == "file" && !ex.text.empty()) ex.text.erase(0, 1);  // the '\n' put before the first line
   ex.where = lines_->path() + ":" + std::to_string(first_line);
-  return !ex.text.empty();
+  return any && ex.text.find_first_not_of(" \t\n\f\v") != std::string::npos;
 }
 
 bool ExampleStream::next(Example& ex) {
@@ -467,9 +476,11 @@ bool ExampleStream::next(Example& ex) {
     if (!records_ && !lines_ && !open_next_file()) return false;
     ex = Example();
     if (lines_) {
-      if (next_text(ex)) return true;
-      if (sources_[src_].split == "file") (*skipped_)["empty document"] += 1;
-      open_next_file() || (close_current(), false);
+      bool whole_file = sources_[src_].split == "file";
+      bool got = next_text(ex);
+      if (whole_file || !got) close_current();
+      if (got) return true;
+      if (whole_file) (*skipped_)["empty document"] += 1;
       continue;
     }
     json rec;
@@ -484,5 +495,497 @@ bool ExampleStream::next(Example& ex) {
   }
 }
 
+// ---- chat rendering (data/chat_template.h) ---------------------------------------------------------
+
+struct ChatIds {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> mask;  // 1 on assistant tokens
+};
+
+// The chat template of the pack: a built-in one by name, else the tokenizer's own.
+class ChatEncoder {
+ public:
+  ChatEncoder(const Tokenizer& tok, const std::string& tokenizer_spec, const std::string& name)
+      : tok_(tok), tmpl_(make_template(tok, tokenizer_spec, name)) {}
+
+  ChatIds encode(const std::vector<Message>& chat) const {
+    std::vector<ChatMessage> msgs;
+    for (const auto& m : chat) msgs.push_back({m.role, m.content});
+    ChatEncoding e = encode_chat(tok_, tmpl_, msgs);
+    return {std::move(e.ids), std::move(e.assistant_mask)};
+  }
+
+ private:
+  static ChatTemplate make_template(const Tokenizer& tok, const std::string& spec, const std::string& name) {
+    if (!name.empty()) return ChatTemplate::from_name(name);
+    if (tok.chat_template().empty()) {
+      throw Error("pack: tokenizer '" + spec + "' has no chat template, and sft / preference data is rendered with one",
+                  "set chat_template: chatml|llama3 in the config");
+    }
+    return ChatTemplate::from_jinja(tok.chat_template());
+  }
+
+  const Tokenizer& tok_;
+  ChatTemplate tmpl_;
+};
+
+// ---- tokenization -------------------------------------------------------------------------------
+
+struct Encoded {
+  std::vector<int32_t> ids, rejected;
+  std::vector<uint8_t> mask, rejected_mask;
+};
+
+// Keeps only the last run of ones: the final assistant reply of a preference chat, so that earlier
+// assistant turns of a multi-turn prompt are context, not trained on.
+void keep_last_run(std::vector<uint8_t>& mask) {
+  size_t end = mask.size();
+  while (end > 0 && mask[end - 1] == 0) --end;
+  size_t start = end;
+  while (start > 0 && mask[start - 1] != 0) --start;
+  std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(start), uint8_t{0});
+}
+
+class Encoder {
+ public:
+  Encoder(const Tokenizer& tok, ShardKind kind, bool bos, bool eos, const ChatEncoder* chat)
+      : tok_(tok), kind_(kind), bos_(bos), eos_(eos), chat_(chat) {}
+
+  Encoded encode(const Example& ex) const {
+    try {
+      return encode_unchecked(ex);
+    } catch (const Error& e) {
+      rethrow_with_context(e, ex.where);
+    }
+  }
+
+ private:
+  Encoded encode_unchecked(const Example& ex) const {
+    Encoded out;
+    if (kind_ == ShardKind::pretrain) {
+      if (bos_) out.ids.push_back(tok_.bos_id());
+      std::vector<int32_t> body = tok_.encode(ex.text);
+      out.ids.insert(out.ids.end(), body.begin(), body.end());
+      if (eos_) out.ids.push_back(tok_.eos_id());
+      return out;
+    }
+    if (kind_ == ShardKind::sft) {
+      ChatIds c = chat_->encode(ex.chat);
+      out.ids = std::move(c.ids), out.mask = std::move(c.mask);
+      return out;
+    }
+    for (int side = 0; side < 2; ++side) {
+      std::vector<Message> chat = ex.chat;
+      chat.push_back({"assistant", side == 0 ? ex.chosen : ex.rejected});
+      ChatIds c = chat_->encode(chat);
+      keep_last_run(c.mask);
+      (side == 0 ? out.ids : out.rejected) = std::move(c.ids);
+      (side == 0 ? out.mask : out.rejected_mask) = std::move(c.mask);
+    }
+    return out;
+  }
+
+  const Tokenizer& tok_;
+  ShardKind kind_;
+  bool bos_, eos_;
+  const ChatEncoder* chat_;
+};
+
+// Encodes a batch on `threads` threads; results stay in input order. The first failing example (in
+// order) is re-thrown, so errors do not depend on scheduling either.
+void encode_batch(const Encoder& enc, const std::vector<Example>& in, std::vector<Encoded>& out, int threads) {
+  out.assign(in.size(), Encoded());
+  std::vector<std::exception_ptr> errors(in.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < in.size();) {
+      try {
+        out[i] = enc.encode(in[i]);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// ---- output: the token stream -> shards + index.json ------------------------------------------
+
+struct ShardEntry {
+  std::string file;
+  uint64_t docs = 0, tokens = 0;
+};
+
+class ShardSink {
+ public:
+  ShardSink(const PackConfig& cfg, ShardInfo base) : cfg_(cfg), base_(std::move(base)) {}
+
+  void add(const Encoded& e, const std::string& where) {
+    if (base_.kind == ShardKind::pretrain) add_stream(e.ids);
+    else add_whole(e, where);
+    ++docs_;
+  }
+  void finish() {
+    if (writer_) close_shard();
+  }
+  const std::vector<ShardEntry>& shards() const { return shards_; }
+  uint64_t docs() const { return docs_; }
+  uint64_t tokens() const {
+    uint64_t n = writer_ ? writer_->n_tokens() : 0;
+    for (const auto& s : shards_) n += s.tokens;
+    return n;
+  }
+
+ private:
+  void open_shard(bool continues) {
+    char name[32];
+    std::snprintf(name, sizeof name, "shard-%05zu.h5", shards_.size());
+    ShardInfo info = base_;
+    info.shard_index = static_cast<int64_t>(shards_.size());
+    info.first_doc_continues = continues;
+    ShardWriterOptions opt{cfg_.chunk_tokens, static_cast<int>(cfg_.compression_level)};
+    writer_ = std::make_unique<ShardWriter>((fs::path(cfg_.output) / name).string(), info, opt);
+    current_ = name;
+  }
+  void close_shard() {
+    writer_->commit();
+    shards_.push_back({current_, writer_->n_docs(), writer_->n_tokens()});
+    writer_.reset();
+  }
+  // Pretraining: shards hold exactly shard_tokens; a document crossing the boundary continues
+  // as the first document of the next shard.
+  void add_stream(const std::vector<int32_t>& ids) {
+    auto cap = static_cast<uint64_t>(cfg_.shard_tokens);
+    size_t off = 0;
+    while (off < ids.size()) {
+      if (!writer_) open_shard(off > 0);
+      size_t take = std::min<uint64_t>(cap - writer_->n_tokens(), ids.size() - off);
+      writer_->add_doc(ids.data() + off, take);
+      off += take;
+      if (writer_->n_tokens() == cap) close_shard();
+    }
+  }
+  // sft / preference: examples stay whole; a shard closes before one that would overflow it.
+  void add_whole(const Encoded& e, const std::string& where) {
+    uint64_t n = e.ids.size() + e.rejected.size();
+    auto cap = static_cast<uint64_t>(cfg_.shard_tokens);
+    if (n > cap) {
+      throw Error(where + ": the example has " + std::to_string(n) + " tokens, more than shard_tokens = " +
+                  std::to_string(cap), "raise shard_tokens");
+    }
+    if (writer_ && writer_->n_tokens() + n > cap) close_shard();
+    if (!writer_) open_shard(false);
+    if (base_.kind == ShardKind::sft) writer_->add_doc(e.ids, &e.mask);
+    else writer_->add_pair(e.ids, e.mask, e.rejected, e.rejected_mask);
+  }
+
+  const PackConfig& cfg_;
+  ShardInfo base_;
+  std::unique_ptr<ShardWriter> writer_;
+  std::string current_;
+  std::vector<ShardEntry> shards_;
+  uint64_t docs_ = 0;
+};
+
+// ---- the pipeline ---------------------------------------------------------------------------------
+
+// Up to ~8 MB of text (or 4096 examples), honouring `limit` (0 = none).
+void read_batch(ExampleStream& stream, std::vector<Example>& batch, int64_t limit, uint64_t& taken) {
+  batch.clear();
+  size_t bytes = 0;
+  Example ex;
+  while (batch.size() < 4096 && bytes < (8u << 20)) {
+    if (limit > 0 && taken >= static_cast<uint64_t>(limit)) return;
+    if (!stream.next(ex)) return;
+    bytes += ex.text.size() + ex.chosen.size() + ex.rejected.size();
+    for (const auto& m : ex.chat) bytes += m.content.size();
+    batch.push_back(std::move(ex));
+    ++taken;
+  }
+}
+
+// Batch k is tokenized on worker threads while this thread writes batch k-1 and reads batch k+1.
+void run_pipeline(ExampleStream& stream, const Encoder& enc, ShardSink& sink, const PackConfig& cfg, int threads,
+                  std::chrono::steady_clock::time_point t0) {
+  std::vector<Example> cur, next;
+  std::vector<Encoded> prev;
+  std::vector<std::string> prev_where;
+  uint64_t taken = 0;
+  auto last_report = t0;
+  auto write_prev = [&] {
+    for (size_t i = 0; i < prev.size(); ++i) sink.add(prev[i], prev_where[i]);
+  };
+  read_batch(stream, cur, cfg.limit, taken);
+  while (!cur.empty()) {
+    std::vector<Encoded> out;
+    std::exception_ptr failed;
+    std::thread worker([&] {
+      try {
+        encode_batch(enc, cur, out, threads);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+    });
+    try {
+      write_prev();
+      read_batch(stream, next, cfg.limit, taken);
+    } catch (...) {
+      worker.join();
+      throw;
+    }
+    worker.join();
+    if (failed) std::rethrow_exception(failed);
+    prev = std::move(out);
+    prev_where.clear();
+    for (const auto& e : cur) prev_where.push_back(e.where);
+    std::swap(cur, next);
+    auto now = std::chrono::steady_clock::now();
+    if (cfg.progress && now - last_report > std::chrono::seconds(5)) {
+      double secs = std::chrono::duration<double>(now - t0).count();
+      std::fprintf(stderr, "pack: %.1f MB read, %llu documents, %llu tokens, %.2f MB/s\n", stream.bytes() / 1e6,
+                   static_cast<unsigned long long>(sink.docs()), static_cast<unsigned long long>(sink.tokens()),
+                   stream.bytes() / 1e6 / secs);
+      last_report = now;
+    }
+  }
+  write_prev();
+}
+
+// ---- configuration ------------------------------------------------------------------------------
+
+const std::vector<std::string> kSourceKeys = {"path",         "format",       "split",          "field",
+                                              "messages_field", "prompt_field", "chosen_field", "rejected_field",
+                                              "system_prompt"};
+
+std::string* source_slot(PackSource& s, const std::string& key) {
+  if (key == "path") return &s.path;
+  if (key == "format") return &s.format;
+  if (key == "split") return &s.split;
+  if (key == "field") return &s.field;
+  if (key == "messages_field") return &s.messages_field;
+  if (key == "prompt_field") return &s.prompt_field;
+  if (key == "chosen_field") return &s.chosen_field;
+  if (key == "rejected_field") return &s.rejected_field;
+  if (key == "system_prompt") return &s.system_prompt;
+  return nullptr;
+}
+
+void check_choice(const std::string& value, const std::vector<std::string>& choices, const std::string& what) {
+  if (std::find(choices.begin(), choices.end(), value) != choices.end()) return;
+  std::string near = nearest(value, choices);
+  throw Error(what + " is '" + value + "', expected one of: " + join(choices, ", "),
+              near.empty() ? "" : "did you mean '" + near + "'?");
+}
+
+// Everything that can be checked before reading a byte; returns each source's files.
+std::vector<std::vector<std::string>> validate(const PackConfig& cfg) {
+  if (cfg.tokenizer.empty()) throw Error("pack: key 'tokenizer' is required", "set tokenizer: a model directory, tokenizer.json or .gguf");
+  if (cfg.output.empty()) throw Error("pack: key 'output' is required", "set output: the directory for the shards");
+  check_choice(cfg.kind, {"pretrain", "sft", "preference"}, "pack: key 'kind'");
+  check_choice(cfg.add_bos, {"auto", "true", "false"}, "pack: key 'add_bos'");
+  if (cfg.shard_tokens <= 0) throw Error("pack: shard_tokens must be positive, got " + std::to_string(cfg.shard_tokens));
+  if (cfg.compression_level < 0 || cfg.compression_level > 9) {
+    throw Error("pack: compression_level must be 0..9, got " + std::to_string(cfg.compression_level));
+  }
+  if (cfg.chunk_tokens <= 0 || cfg.threads < 0 || cfg.limit < 0 || cfg.max_doc_bytes <= 0) {
+    throw Error("pack: chunk_tokens and max_doc_bytes must be positive, threads and limit not negative");
+  }
+  if (cfg.sources.empty()) throw Error("pack: no sources given", "list the inputs under 'sources'");
+  std::vector<std::vector<std::string>> files;
+  for (size_t i = 0; i < cfg.sources.size(); ++i) {
+    const PackSource& s = cfg.sources[i];
+    std::string where = "source " + std::to_string(i + 1) + " ('" + s.path + "')";
+    check_choice(s.format, pack_formats(), where + ": format");
+    if (pack_format_kind(s.format) != cfg.kind) {
+      throw Error(where + ": format '" + s.format + "' makes " + pack_format_kind(s.format) + " data, but kind is '" +
+                  cfg.kind + "'", "one pack holds one kind; pack the other sources separately");
+    }
+    check_choice(s.split, {"file", "paragraph", "line"}, where + ": split");
+    files.push_back(expand_path(s.path, i + 1));
+  }
+  return files;
+}
+
+json config_json(const PackConfig& cfg, const std::vector<std::vector<std::string>>& files) {
+  json sources = json::array();
+  for (size_t i = 0; i < cfg.sources.size(); ++i) {
+    const PackSource& s = cfg.sources[i];
+    json j = {{"path", s.path}, {"format", s.format}, {"files", files[i]}};
+    if (s.format == "text") j["split"] = s.split;
+    if (s.format == "jsonl") j["field"] = s.field;
+    if (!s.messages_field.empty()) j["messages_field"] = s.messages_field;
+    if (s.format == "paired" || s.format == "sharegpt_pairs" || s.format == "hh_rlhf") {
+      j["prompt_field"] = s.prompt_field, j["chosen_field"] = s.chosen_field, j["rejected_field"] = s.rejected_field;
+    }
+    if (!s.system_prompt.empty()) j["system_prompt"] = s.system_prompt;
+    sources.push_back(j);
+  }
+  return {{"tokenizer", cfg.tokenizer},       {"output", cfg.output},
+          {"kind", cfg.kind},                 {"sources", sources},
+          {"shard_tokens", cfg.shard_tokens}, {"eos_between_docs", cfg.eos_between_docs},
+          {"add_bos", cfg.add_bos},           {"chat_template", cfg.chat_template},
+          {"limit", cfg.limit},               {"chunk_tokens", cfg.chunk_tokens},
+          {"compression_level", cfg.compression_level}};
+}
+
+// Creates the output directory; refuses to mix with an earlier pack unless overwrite is set.
+void prepare_output(const PackConfig& cfg) {
+  std::error_code ec;
+  fs::create_directories(cfg.output, ec);
+  if (ec || !fs::is_directory(cfg.output)) throw Error("cannot create output directory '" + cfg.output + "': " + ec.message());
+  std::vector<fs::path> old;
+  for (const auto& e : fs::directory_iterator(cfg.output)) {
+    std::string name = e.path().filename().string();
+    if (name == "index.json" || (name.rfind("shard-", 0) == 0 && e.path().extension() == ".h5")) old.push_back(e.path());
+  }
+  if (old.empty()) return;
+  if (!cfg.overwrite) {
+    throw Error("output '" + cfg.output + "' already holds a packed dataset (" + std::to_string(old.size()) + " files)",
+                "choose another output, or set overwrite=true to replace it");
+  }
+  for (const auto& p : old) fs::remove(p);
+}
+
+void write_index(const PackConfig& cfg, const ShardInfo& base, const ShardSink& sink, const PackStats& stats,
+                 const json& config) {
+  json shards = json::array();
+  for (const auto& s : sink.shards()) shards.push_back({{"file", s.file}, {"n_docs", s.docs}, {"n_tokens", s.tokens}});
+  json skipped = json::object();
+  for (const auto& [why, n] : stats.skipped) skipped[why] = n;
+  json index = {{"bonsai_format", kShardFormat},
+                {"version", kShardVersion},
+                {"kind", cfg.kind},
+                {"tokenizer_identity", base.tokenizer_identity},
+                {"tokenizer_name", base.tokenizer_name},
+                {"tokenizer_spec", base.tokenizer_spec},
+                {"vocab_size", base.vocab_size},
+                {"bos_id", base.bos_id},
+                {"eos_id", base.eos_id},
+                {"n_docs", stats.docs},
+                {"n_tokens", stats.tokens},
+                {"bytes_read", stats.bytes_read},
+                {"skipped", skipped},
+                {"shards", shards},
+                {"config", config},
+                {"created_by", cfg.created_by}};
+  write_file_atomic((fs::path(cfg.output) / "index.json").string(), index.dump(2) + "\n");
+}
+
 }  // namespace
+
+// ---- public API ---------------------------------------------------------------------------------
+
+const std::vector<std::string>& pack_formats() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& f : kFormats) v.emplace_back(f.name);
+    return v;
+  }();
+  return names;
+}
+
+std::string pack_format_kind(const std::string& format) {
+  for (const auto& f : kFormats)
+    if (format == f.name) return f.kind;
+  return "";
+}
+
+std::vector<PackSource> parse_sources(const YAML::Node& list, const PackSource& defaults, const std::string& where) {
+  if (!list || list.IsNull()) return {};
+  if (!list.IsSequence()) throw Error(where + ": 'sources' must be a list");
+  std::vector<PackSource> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node& n = list[i];
+    std::string at = where + ": source " + std::to_string(i + 1);
+    PackSource s = defaults;
+    if (n.IsScalar()) {
+      s.path = n.Scalar();
+    } else if (n.IsMap()) {
+      for (const auto& kv : n) {
+        std::string key = kv.first.Scalar();
+        std::string* slot = source_slot(s, key);
+        if (slot == nullptr) {
+          std::string near = nearest(key, kSourceKeys);
+          throw Error(at + ": unknown key '" + key + "'",
+                      near.empty() ? "valid keys: " + join(kSourceKeys, ", ") : "did you mean '" + near + "'?");
+        }
+        if (!kv.second.IsScalar()) throw Error(at + ": key '" + key + "' must be a string");
+        *slot = kv.second.Scalar();
+      }
+    } else {
+      throw Error(at + " must be a path or a map (path, format, ...)");
+    }
+    if (s.path.empty()) throw Error(at + " has no 'path'");
+    if (s.format.empty()) throw Error(at + " ('" + s.path + "') has no 'format'", "formats: " + join(pack_formats(), ", "));
+    check_choice(s.format, pack_formats(), at + ": format");
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::string PackStats::summary() const {
+  char buf[512];
+  double mb = static_cast<double>(bytes_read) / 1e6, secs = std::max(seconds, 1e-9);
+  std::snprintf(buf, sizeof buf,
+                "packed %llu documents, %llu tokens into %llu shard(s) from %.1f MB in %.1f s: %.2f MB/s of input, "
+                "%.0f tokens/s",
+                static_cast<unsigned long long>(docs), static_cast<unsigned long long>(tokens),
+                static_cast<unsigned long long>(shards), mb, seconds, mb / secs, static_cast<double>(tokens) / secs);
+  std::string out = buf;
+  for (const auto& [why, n] : skipped) out += "; skipped " + std::to_string(n) + " (" + why + ")";
+  return out;
+}
+
+PackStats pack_dataset(const PackConfig& cfg) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto files = validate(cfg);
+  ShardKind kind = parse_shard_kind(cfg.kind, "pack: key 'kind'");
+  Tokenizer tok = Tokenizer::load(cfg.tokenizer);
+  bool bos = kind == ShardKind::pretrain && (cfg.add_bos == "true" || (cfg.add_bos == "auto" && tok.add_bos()));
+  bool eos = kind == ShardKind::pretrain && cfg.eos_between_docs;
+  if (bos && tok.bos_id() < 0) throw Error("pack: add_bos is set but tokenizer '" + cfg.tokenizer + "' has no BOS token", "set add_bos: false");
+  if (eos && tok.eos_id() < 0) {
+    throw Error("pack: eos_between_docs is set but tokenizer '" + cfg.tokenizer + "' has no EOS token",
+                "set eos_between_docs: false");
+  }
+  std::unique_ptr<ChatEncoder> chat;
+  if (kind != ShardKind::pretrain) chat = std::make_unique<ChatEncoder>(tok, cfg.tokenizer, cfg.chat_template);
+  prepare_output(cfg);
+  json config = config_json(cfg, files);
+
+  ShardInfo base;
+  base.kind = kind;
+  base.tokenizer_identity = tok.identity();
+  base.tokenizer_name = tok.pre_tokenizer_name();
+  base.tokenizer_spec = cfg.tokenizer;
+  base.vocab_size = tok.vocab_size();
+  base.bos_id = tok.bos_id(), base.eos_id = tok.eos_id();
+  base.sources_json = config["sources"].dump();
+  base.created_by = cfg.created_by;
+
+  PackStats stats;
+  ExampleStream stream(cfg.sources, files, cfg.max_doc_bytes, &stats.skipped);
+  ShardSink sink(cfg, base);
+  Encoder enc(tok, kind, bos, eos, chat.get());
+  int threads = cfg.threads > 0 ? static_cast<int>(cfg.threads) : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  run_pipeline(stream, enc, sink, cfg, threads, t0);
+  sink.finish();
+  stats.docs = sink.docs(), stats.tokens = sink.tokens(), stats.shards = sink.shards().size();
+  stats.bytes_read = stream.bytes();
+  if (stats.docs == 0) {
+    std::string what = "pack: the sources hold no documents";
+    for (const auto& [why, n] : stats.skipped) what += "; skipped " + std::to_string(n) + " (" + why + ")";
+    throw Error(what + " (" + join(config["sources"][0]["files"].get<std::vector<std::string>>(), ", ") + (files.size() > 1 ? ", ..." : "") + ")",
+                "check the paths, the format and the field names");
+  }
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_index(cfg, base, sink, stats, config);
+  return stats;
+}
+
 }  // namespace bonsai

@@ -1,0 +1,255 @@
+#include "distill/kd_loss.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace bonsai {
+namespace {
+
+using torch::Tensor;
+
+// A teacher's distribution over buckets for one chunk of rows: online, buckets are the vocabulary
+// (c,Vc); offline, the top-k ids plus one tail bucket (c,K+1).
+struct Buckets {
+  Tensor logp;     // (c,B) teacher log-probabilities
+  Tensor logq;     // (c,B) student log-probabilities of the same buckets
+  Tensor indices;  // offline: (c,K) vocabulary ids of the first K buckets; undefined online
+  double weight;
+};
+
+Tensor xlogy_diff(const Tensor& p, const Tensor& logp, const Tensor& logq) {
+  // sum_b p_b (log p_b - log q_b), with 0 * anything = 0
+  return torch::where(p > 0, p * (logp - logq), torch::zeros_like(p)).sum(-1);
+}
+
+Tensor log_mix(double a, const Tensor& loga, const Tensor& logb) {  // log(a*A + (1-a)*B)
+  return torch::logaddexp(loga + std::log(a), logb + std::log1p(-a));
+}
+
+// Divergence per row, and the per-bucket coefficients A, B of its gradient: for vocabulary id j in
+// bucket b, q_j * dD/dQ_b = q_j * A_b + (q_j / Q_b) * B_b (the second form stays finite when Q_b is tiny).
+struct DivergenceGrad {
+  Tensor loss, A, B;
+};
+
+DivergenceGrad divergence(const KdLossOptions& o, const Tensor& logp, const Tensor& logq) {
+  Tensor p = logp.exp(), q = logq.exp();
+  DivergenceGrad d;
+  if (o.kind == "fkl") {
+    d.loss = xlogy_diff(p, logp, logq);
+    d.A = torch::zeros_like(p);
+    d.B = -p;
+  } else if (o.kind == "rkl") {
+    d.loss = xlogy_diff(q, logq, logp);
+    d.A = logq - logp + 1;
+    d.B = torch::zeros_like(p);
+  } else if (o.kind == "jsd") {
+    Tensor logm = log_mix(o.beta, logp, logq);
+    d.loss = o.beta * xlogy_diff(p, logp, logm) + (1 - o.beta) * xlogy_diff(q, logq, logm);
+    d.A = (1 - o.beta) * (logq - logm);
+    d.B = torch::zeros_like(p);
+  } else if (o.kind == "skew_fkl") {
+    Tensor logm = log_mix(o.skew, logp, logq);
+    d.loss = xlogy_diff(p, logp, logm);
+    d.A = torch::zeros_like(p);
+    d.B = -(1 - o.skew) * (logp + logq - logm).exp();
+  } else {  // skew_rkl
+    Tensor logm = log_mix(o.skew, logq, logp);
+    d.loss = xlogy_diff(q, logq, logm);
+    d.A = logq - logm + 1 - o.skew * (logq - logm).exp();
+    d.B = torch::zeros_like(p);
+  }
+  return d;
+}
+
+// Student log-softmax over the first Vc ids at temperature tau, and a teacher's buckets.
+Buckets online_buckets(const OnlineTeacher& t, const Tensor& logq_full, int64_t r0, int64_t c, int64_t Vc, double tau) {
+  Tensor zt = torch::matmul(t.hidden.narrow(0, r0, c), t.weight.narrow(0, 0, Vc).t()).to(logq_full.scalar_type());
+  return {torch::log_softmax(zt / tau, -1), logq_full, Tensor(), t.weight_in_mix};
+}
+
+Buckets offline_buckets(const TopKTeacher& t, const Tensor& logq_full, int64_t r0, int64_t c) {
+  Tensor idx = t.indices.narrow(0, r0, c);
+  auto dt = logq_full.scalar_type();
+  Tensor logp_k = t.values.narrow(0, r0, c).to(dt) - t.lse.narrow(0, r0, c).to(dt).unsqueeze(1);
+  // Teacher tail mass 1 - sum(top-k), kept >= 1e-7 and the student's >= e^-80 so that the logs stay
+  // finite when the top-k holds (almost) all the mass; negligible against any real tail.
+  Tensor logp_tail = torch::log1p(-logp_k.exp().sum(-1).clamp_max(1 - 1e-7)).unsqueeze(1);
+  Tensor logq_k = logq_full.gather(1, idx);
+  Tensor logq_tail = logq_full.scatter(1, idx, -std::numeric_limits<float>::infinity()).logsumexp(-1, true).clamp_min(-80);
+  return {torch::cat({logp_k, logp_tail}, 1), torch::cat({logq_k, logq_tail}, 1), idx, t.weight_in_mix};
+}
+
+// d(weighted divergence)/d(student tempered logits) for a chunk, (c,Vc).
+Tensor kd_grad(const Buckets& b, const DivergenceGrad& d, const Tensor& logq_full) {
+  Tensor q = logq_full.exp();
+  if (!b.indices.defined()) {
+    Tensor qg = q * d.A + d.B;
+    return qg - q * qg.sum(-1, true);
+  }
+  const int64_t K = b.indices.size(1);
+  Tensor Qb = b.logq.exp();
+  Tensor S = (Qb * d.A + d.B).sum(-1, true);  // sum_j q_j g_j
+  Tensor A_t = d.A.narrow(1, K, 1), B_t = d.B.narrow(1, K, 1), logQ_t = b.logq.narrow(1, K, 1);
+  Tensor ds = q * (A_t - S) + (logq_full - logQ_t).exp() * B_t;  // every id as if in the tail
+  Tensor qk = q.gather(1, b.indices);
+  Tensor top = qk * (d.A.narrow(1, 0, K) - S) + d.B.narrow(1, 0, K);
+  return ds.scatter(1, b.indices, top);
+}
+
+struct ChunkResult {
+  double kd_sum = 0, ce_sum = 0;
+};
+
+// Loss sums and gradient w.r.t. the student logits for rows [r0, r0+c); `valid` masks ignored rows.
+Tensor chunk_grad(const Tensor& zs, const Tensor& labels, const Tensor& valid, const std::vector<OnlineTeacher>& online,
+                  const std::vector<TopKTeacher>& offline, int64_t r0, int64_t c, int64_t Vc, const KdLossOptions& o,
+                  ChunkResult& res) {
+  const double tau = o.temperature, w_t2 = o.scale_by_t2 ? tau * tau : 1.0;
+  Tensor dz = torch::zeros_like(zs);
+  if (o.kd_weight > 0 && (!online.empty() || !offline.empty())) {
+    Tensor logq = torch::log_softmax(zs.narrow(1, 0, Vc) / tau, -1);
+    Tensor dkd = torch::zeros_like(logq);
+    auto add = [&](const Buckets& b) {
+      DivergenceGrad d = divergence(o, b.logp, b.logq);
+      res.kd_sum += b.weight * (d.loss * valid).sum().item<double>();
+      dkd += b.weight * kd_grad(b, d, logq);
+    };
+    for (const auto& t : online) add(online_buckets(t, logq, r0, c, Vc, tau));
+    for (const auto& t : offline) add(offline_buckets(t, logq, r0, c));
+    dz.narrow(1, 0, Vc).add_(dkd * (o.kd_weight * w_t2 / tau));
+  }
+  if (o.kd_weight < 1) {
+    Tensor logq1 = torch::log_softmax(zs, -1);
+    Tensor safe = torch::where(valid > 0, labels, torch::zeros_like(labels));
+    res.ce_sum += (-logq1.gather(1, safe.unsqueeze(1)).squeeze(1) * valid).sum().item<double>();
+    Tensor dce = logq1.exp();
+    dce.scatter_add_(1, safe.unsqueeze(1), -torch::ones({c, 1}, dce.options()));
+    dz += dce * (1 - o.kd_weight);
+  }
+  return dz * valid.unsqueeze(1);
+}
+
+struct FusedArgs {
+  const Tensor* labels;
+  const std::vector<OnlineTeacher>* online;
+  const std::vector<TopKTeacher>* offline;
+  const KdLossOptions* opt;
+  KdLossParts* parts;
+};
+
+class FusedKdFn : public torch::autograd::Function<FusedKdFn> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor hidden, Tensor weight, const FusedArgs* a) {
+    const auto& o = *a->opt;
+    const int64_t N = hidden.size(0), V = weight.size(0);
+    int64_t Vc = V;
+    for (const auto& t : *a->online) Vc = std::min(Vc, t.weight.size(0));
+    // fp32 math (fp64 when the inputs are fp64: the finite-difference tests use that).
+    auto ct = hidden.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+    Tensor h = hidden.to(ct), w = weight.to(ct);
+    Tensor gh = torch::zeros_like(h), gw = torch::zeros_like(w);
+    Tensor valid_all = (*a->labels != o.ignore_index).to(ct);
+    const double n_valid = std::max(1.0, valid_all.sum().item<double>());
+    ChunkResult res;
+    for (int64_t r0 = 0; r0 < N; r0 += o.chunk_tokens) {
+      const int64_t c = std::min(o.chunk_tokens, N - r0);
+      Tensor hc = h.narrow(0, r0, c);
+      Tensor zs = torch::matmul(hc, w.t());  // (c,V) fp32: the only logits alive at a time
+      Tensor dz = chunk_grad(zs, a->labels->narrow(0, r0, c), valid_all.narrow(0, r0, c), *a->online, *a->offline,
+                             r0, c, Vc, o, res);
+      gh.narrow(0, r0, c).copy_(torch::matmul(dz, w));
+      gw.addmm_(dz.t(), hc);
+    }
+    const double w_t2 = o.scale_by_t2 ? o.temperature * o.temperature : 1.0;
+    a->parts->kd = res.kd_sum / n_valid;
+    a->parts->ce = res.ce_sum / n_valid;
+    a->parts->tokens = static_cast<int64_t>(valid_all.sum().item<double>());
+    double total = (o.kd_weight * w_t2 * res.kd_sum + (1 - o.kd_weight) * res.ce_sum) / n_valid;
+    ctx->saved_data["gh"] = (gh / n_valid).to(hidden.scalar_type());
+    ctx->saved_data["gw"] = (gw / n_valid).to(weight.scalar_type());
+    return torch::tensor(total, hidden.options().dtype(ct));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    Tensor g = grad_out[0];
+    return {ctx->saved_data["gh"].toTensor() * g, ctx->saved_data["gw"].toTensor() * g, Tensor()};
+  }
+};
+
+void check_inputs(const Tensor& hidden, const Tensor& weight, const Tensor& labels,
+                  const std::vector<OnlineTeacher>& online, const std::vector<TopKTeacher>& offline) {
+  const int64_t N = hidden.size(0);
+  if (hidden.dim() != 2 || weight.dim() != 2 || hidden.size(1) != weight.size(1))
+    throw Error("kd loss: student hidden (N,C) and weight (V,C) do not match");
+  if (labels.dim() != 1 || labels.size(0) != N) throw Error("kd loss: labels must be (N,) with N = " + std::to_string(N));
+  for (const auto& t : online) {
+    if (t.hidden.size(0) != N || t.hidden.size(1) != t.weight.size(1))
+      throw Error("kd loss: an online teacher's hidden (N,Ct) and weight (V,Ct) do not match the student's N");
+  }
+  for (const auto& t : offline) {
+    if (t.values.size(0) != N || t.indices.sizes() != t.values.sizes() || t.lse.size(0) != N)
+      throw Error("kd loss: a top-k teacher's values/indices/lse do not cover the student's N tokens");
+    if (t.indices.max().item<int64_t>() >= weight.size(0))
+      throw Error("kd loss: a top-k teacher index is outside the student's vocabulary of " + std::to_string(weight.size(0)),
+                  "the shards were precomputed with another tokenizer");
+  }
+}
+
+}  // namespace
+
+void KdLossOptions::validate() const {
+  if (kind != "fkl" && kind != "rkl" && kind != "jsd" && kind != "skew_fkl" && kind != "skew_rkl")
+    throw Error("kd loss: unknown kind '" + kind + "'", "use fkl, rkl, jsd, skew_fkl or skew_rkl");
+  if (temperature <= 0) throw Error("kd loss: temperature must be > 0");
+  if (beta <= 0 || beta >= 1) throw Error("kd loss: beta must be in (0, 1), got " + std::to_string(beta));
+  if (skew < 0 || skew >= 1) throw Error("kd loss: skew must be in [0, 1), got " + std::to_string(skew));
+  if (kd_weight < 0 || kd_weight > 1) throw Error("kd loss: kd_weight must be in [0, 1]");
+  if (chunk_tokens <= 0) throw Error("kd loss: chunk_tokens must be positive");
+}
+
+KdLossParts fused_kd_loss(const Tensor& hidden, const Tensor& weight, const Tensor& labels,
+                          const std::vector<OnlineTeacher>& online, const std::vector<TopKTeacher>& offline,
+                          const KdLossOptions& opt) {
+  opt.validate();
+  check_inputs(hidden, weight, labels, online, offline);
+  KdLossParts parts;
+  FusedArgs args{&labels, &online, &offline, &opt, &parts};
+  parts.loss = FusedKdFn::apply(hidden, weight, &args);
+  return parts;
+}
+
+Tensor reference_kd_loss(const Tensor& hidden, const Tensor& weight, const Tensor& labels,
+                         const std::vector<OnlineTeacher>& online, const std::vector<TopKTeacher>& offline,
+                         const KdLossOptions& o) {
+  auto ct = hidden.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  Tensor zs = torch::matmul(hidden.to(ct), weight.to(ct).t());  // (N,V) all at once
+  Tensor valid = (labels != o.ignore_index).to(ct);
+  const double n_valid = std::max(1.0, valid.sum().item<double>()), tau = o.temperature;
+  int64_t Vc = weight.size(0);
+  for (const auto& t : online) Vc = std::min(Vc, t.weight.size(0));
+  Tensor logq = torch::log_softmax(zs.narrow(1, 0, Vc) / tau, -1);
+  Tensor kd = torch::zeros({zs.size(0)}, zs.options());
+  for (const auto& t : online) {
+    Tensor logp = torch::log_softmax(torch::matmul(t.hidden, t.weight.narrow(0, 0, Vc).t()).to(ct) / tau, -1);
+    kd = kd + t.weight_in_mix * divergence(o, logp, logq).loss;
+  }
+  for (const auto& t : offline) {
+    Buckets b = offline_buckets(t, logq, 0, zs.size(0));
+    kd = kd + t.weight_in_mix * divergence(o, b.logp, b.logq).loss;
+  }
+  Tensor safe = torch::where(valid > 0, labels, torch::zeros_like(labels));
+  Tensor ce = -torch::log_softmax(zs, -1).gather(1, safe.unsqueeze(1)).squeeze(1);
+  const double w_t2 = o.scale_by_t2 ? tau * tau : 1.0;
+  return ((o.kd_weight * w_t2 * kd + (1 - o.kd_weight) * ce) * valid).sum() / n_valid;
+}
+
+TopKTeacher topk_from_logits(const Tensor& logits, int64_t k, double temperature) {
+  Tensor z = logits.to(torch::kFloat) / temperature;
+  auto [values, indices] = z.topk(k, -1);
+  return {values, indices, z.logsumexp(-1), 1.0};
+}
+
+}  // namespace bonsai
