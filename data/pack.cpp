@@ -633,6 +633,13 @@ class ShardSink {
   void finish() {
     if (writer_) close_shard();
   }
+  // After a failure: the pack is incomplete, so none of its shards stays behind.
+  void abandon() noexcept {
+    writer_.reset();  // removes its temporary file
+    std::error_code ec;
+    for (const auto& s : shards_) fs::remove(fs::path(cfg_.output) / s.file, ec);
+    shards_.clear();
+  }
   const std::vector<ShardEntry>& shards() const { return shards_; }
   uint64_t docs() const { return docs_; }
   uint64_t tokens() const {
@@ -973,18 +980,22 @@ PackStats pack_dataset(const PackConfig& cfg) {
   ShardSink sink(cfg, base);
   Encoder enc(tok, kind, bos, eos, chat.get());
   int threads = cfg.threads > 0 ? static_cast<int>(cfg.threads) : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  run_pipeline(stream, enc, sink, cfg, threads, t0);
-  sink.finish();
-  stats.docs = sink.docs(), stats.tokens = sink.tokens(), stats.shards = sink.shards().size();
-  stats.bytes_read = stream.bytes();
-  if (stats.docs == 0) {
-    std::string what = "pack: the sources hold no documents";
-    for (const auto& [why, n] : stats.skipped) what += "; skipped " + std::to_string(n) + " (" + why + ")";
-    throw Error(what + " (" + join(config["sources"][0]["files"].get<std::vector<std::string>>(), ", ") + (files.size() > 1 ? ", ..." : "") + ")",
-                "check the paths, the format and the field names");
+  try {
+    run_pipeline(stream, enc, sink, cfg, threads, t0);
+    sink.finish();
+    stats.docs = sink.docs(), stats.tokens = sink.tokens(), stats.shards = sink.shards().size();
+    stats.bytes_read = stream.bytes();
+    if (stats.docs == 0) {
+      std::string what = "pack: the sources hold no documents (" + join(files[0], ", ") + (files.size() > 1 ? ", ..." : "") + ")";
+      for (const auto& [why, n] : stats.skipped) what += "; skipped " + std::to_string(n) + " (" + why + ")";
+      throw Error(what, "check the paths, the format and the field names");
+    }
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_index(cfg, base, sink, stats, config);
+  } catch (...) {
+    sink.abandon();
+    throw;
   }
-  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_index(cfg, base, sink, stats, config);
   return stats;
 }
 
