@@ -78,7 +78,7 @@ void declare_keys(ConfigSchema& s, PackCliConfig& c) {
   s.add("shard_tokens", &c.pack.shard_tokens, "most tokens per shard");
   s.add("eos_between_docs", &c.pack.eos_between_docs, "pretrain: append EOS after every document");
   s.add_choice("add_bos", &c.pack.add_bos, {"auto", "true", "false"}, "pretrain: BOS before every document");
-  s.add("chat_template", &c.pack.chat_template, "sft/preference: built-in template (chatml, llama3); '' = the tokenizer's");
+  s.add("chat_template", &c.pack.chat_template, "sft/preference: chatml, llama3, llama3.1, llama3.2 or smollm2; '' = the tokenizer's own");
   s.add("threads", &c.pack.threads, "tokenizer threads (0 = all cores)");
   s.add("limit", &c.pack.limit, "stop after this many documents (0 = all)");
   s.add("max_doc_bytes", &c.max_doc_bytes, "text split=file: largest document, e.g. 64MB");

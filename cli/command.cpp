@@ -55,11 +55,9 @@ namespace {
 // rather than a parse error.
 const char* planned_issue(const std::string& cmd) {
   if (cmd == "prune") return "[Prune]";
-  if (cmd == "distill" || cmd == "train") return "[Distill]";
   if (cmd == "align") return "[Align]";
   if (cmd == "eval") return "[Eval]";
   if (cmd == "generate" || cmd == "serve") return "[Runtime & export]";
-  if (cmd == "data") return "[Tokenizer & data]";
   return nullptr;
 }
 
@@ -77,13 +75,24 @@ int bonsai_main(int argc, char** argv) {
   app.footer("Run 'bonsai COMMAND --help' for a command's options and config keys.");
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(make_export_command(app));
+  commands.push_back(make_distill_command(app));
+  commands.push_back(make_train_command(app));
+  commands.push_back(make_data_command(app));  // `data` with `data tokenize`
+  commands.push_back(make_data_pack_command(*app.get_subcommand("data")));
   if (argc >= 2) {
     std::string first = argv[1];
     bool registered = false;
-    for (const auto& c : commands) registered |= c->name() == first;
+    std::string names;
+    for (const auto& c : commands) {
+      // Nested commands (data tokenize) are listed by their top-level name.
+      const CLI::App* top = c->app();
+      while (top->get_parent() != nullptr && top->get_parent()->get_parent() != nullptr) top = top->get_parent();
+      if (names.find(top->get_name()) == std::string::npos) names += (names.empty() ? "" : ", ") + top->get_name();
+      registered |= top->get_name() == first;
+    }
     if (!registered && planned_issue(first) != nullptr) {
       print_error(first, "'" + first + "' is not part of this build yet",
-                  std::string("it is planned under the issue ") + planned_issue(first) + "; this build has: export");
+                  std::string("it is planned under the issue ") + planned_issue(first) + "; this build has: " + names);
       return 2;
     }
   }

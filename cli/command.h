@@ -52,6 +52,10 @@ using CommandFactory = std::unique_ptr<Command> (*)(CLI::App& app);
 
 // The registered commands (each cli/cmd_*.cpp adds one).
 std::unique_ptr<Command> make_export_command(CLI::App& app);
+std::unique_ptr<Command> make_distill_command(CLI::App& app);
+std::unique_ptr<Command> make_train_command(CLI::App& app);
+std::unique_ptr<Command> make_data_command(CLI::App& app);            // creates `data`, adds `data tokenize`
+std::unique_ptr<Command> make_data_pack_command(CLI::App& data_app);  // adds `data pack`
 
 // The whole CLI: parse, dispatch, turn exceptions into one message and an exit code.
 int bonsai_main(int argc, char** argv);

@@ -103,6 +103,22 @@ void ConfigSchema::add(const std::string& key, std::vector<std::string>* v, cons
              },
              {}});
 }
+void ConfigSchema::add(const std::string& key, std::vector<double>* v, const std::string& doc) {
+  add_field({key, doc, "list of numbers",
+             [v](const YAML::Node& n, const std::string& w) {
+               v->clear();
+               if (n.IsScalar()) { v->push_back(read_scalar<double>(n, w, "a number")); return; }
+               if (!n.IsSequence()) throw Error(w + " must be a list of numbers");
+               for (const auto& e : n) v->push_back(read_scalar<double>(e, w + " (element)", "a number"));
+             },
+             [v] {
+               YAML::Node n(YAML::NodeType::Sequence);
+               for (double d : *v) n.push_back(d);
+               return n;
+             },
+             {}});
+}
+
 void ConfigSchema::add_choice(const std::string& key, std::string* v, std::vector<std::string> choices,
                               const std::string& doc) {
   auto ch = choices;

@@ -19,6 +19,7 @@ class ConfigSchema {
   void add(const std::string& key, double* v, const std::string& doc);
   void add(const std::string& key, bool* v, const std::string& doc);
   void add(const std::string& key, std::vector<std::string>* v, const std::string& doc);
+  void add(const std::string& key, std::vector<double>* v, const std::string& doc);
   // A string that must be one of `choices`.
   void add_choice(const std::string& key, std::string* v, std::vector<std::string> choices,
                   const std::string& doc);

@@ -37,11 +37,18 @@ namespace {
 // .gz inputs for free. Counts lines and uncompressed bytes.
 class ByteSource {
  public:
-  explicit ByteSource(const std::string& path) : path_(path), buf_(1 << 18) {
+  // Lines (and JSON array elements) longer than `max_record` bytes are refused: memory stays bounded
+  // even for a file that is not what its format says.
+  ByteSource(const std::string& path, uint64_t max_record) : path_(path), buf_(1 << 18), max_record_(max_record) {
     f_ = gzopen(path.c_str(), "rb");
     if (f_ == nullptr) throw Error("cannot open '" + path + "': " + std::strerror(errno));
     gzbuffer(f_, 1 << 18);
-    if (peek() == 0xEF && starts_with_bom()) pos_ += 3;  // a UTF-8 byte-order mark is not text
+    try {
+      if (peek() == 0xEF && starts_with_bom()) pos_ += 3;  // a UTF-8 byte-order mark is not text
+    } catch (...) {
+      gzclose(f_);
+      throw;
+    }
   }
   ~ByteSource() { gzclose(f_); }
   ByteSource(const ByteSource&) = delete;
@@ -76,12 +83,19 @@ class ByteSource {
       size_t n = nl ? static_cast<size_t>(static_cast<const char*>(nl) - start) : end_ - pos_;
       line.append(start, n);
       pos_ += n;
+      check_size(line.size());
       if (nl) {
         ++pos_, ++line_;
         if (!line.empty() && line.back() == '\r') line.pop_back();
         return true;
       }
     }
+  }
+  void check_size(uint64_t n) const {
+    if (n <= max_record_) return;
+    throw Error(path_ + ":" + std::to_string(line()) + ": a line or record is longer than max_doc_bytes = " +
+                    std::to_string(max_record_) + " bytes",
+                "check the source's format; raise max_doc_bytes if its records really are this large");
   }
   uint64_t line() const { return line_ + 1; }  // 1-based line of the next byte
   uint64_t bytes() const { return bytes_; }
@@ -112,14 +126,14 @@ class ByteSource {
   gzFile f_ = nullptr;
   std::vector<char> buf_;
   size_t pos_ = 0, end_ = 0;
-  uint64_t line_ = 0, bytes_ = 0;
+  uint64_t line_ = 0, bytes_ = 0, max_record_;
 };
 
 // Records of a JSON input, one at a time: JSONL (one object per line), or a top-level JSON array
 // scanned element by element (never parsed whole). Errors name file:line and the record number.
 class RecordReader {
  public:
-  explicit RecordReader(const std::string& path) : in_(path) {
+  RecordReader(const std::string& path, uint64_t max_record) : in_(path, max_record) {
     int c;
     while ((c = in_.get()) != -1 && std::isspace(c)) {}
     if (c == '[') array_ = true;
@@ -197,6 +211,7 @@ bool RecordReader::next_element(std::string& text) {
   bool in_string = false;
   for (;; c = in_.get()) {
     if (c == -1) truncated();
+    in_.check_size(text.size());
     if (in_string) {
       text += static_cast<char>(c);
       if (c == '\\') {
@@ -437,8 +452,9 @@ bool ExampleStream::open_next_file() {
   while (src_ < sources_.size() && file_ >= files_[src_].size()) ++src_, file_ = 0;
   if (src_ >= sources_.size()) return false;
   const std::string& path = files_[src_][file_];
-  if (sources_[src_].format == "text") lines_ = std::make_unique<ByteSource>(path);
-  else records_ = std::make_unique<RecordReader>(path);
+  auto cap = static_cast<uint64_t>(max_doc_bytes_);
+  if (sources_[src_].format == "text") lines_ = std::make_unique<ByteSource>(path, cap);
+  else records_ = std::make_unique<RecordReader>(path, cap);
   return true;
 }
 
@@ -497,37 +513,33 @@ bool ExampleStream::next(Example& ex) {
 
 // ---- chat rendering (data/chat_template.h) ---------------------------------------------------------
 
-struct ChatIds {
-  std::vector<int32_t> ids;
-  std::vector<uint8_t> mask;  // 1 on assistant tokens
-};
+const std::vector<std::string> kChatTemplates = {"chatml", "llama3", "llama3.1", "llama3.2", "smollm2"};
 
-// The chat template of the pack: a built-in one by name, else the tokenizer's own.
-class ChatEncoder {
- public:
-  ChatEncoder(const Tokenizer& tok, const std::string& tokenizer_spec, const std::string& name)
-      : tok_(tok), tmpl_(make_template(tok, tokenizer_spec, name)) {}
-
-  ChatIds encode(const std::vector<Message>& chat) const {
-    std::vector<ChatMessage> msgs;
-    for (const auto& m : chat) msgs.push_back({m.role, m.content});
-    ChatEncoding e = encode_chat(tok_, tmpl_, msgs);
-    return {std::move(e.ids), std::move(e.assistant_mask)};
-  }
-
- private:
-  static ChatTemplate make_template(const Tokenizer& tok, const std::string& spec, const std::string& name) {
-    if (!name.empty()) return ChatTemplate::from_name(name);
-    if (tok.chat_template().empty()) {
-      throw Error("pack: tokenizer '" + spec + "' has no chat template, and sft / preference data is rendered with one",
-                  "set chat_template: chatml|llama3 in the config");
+// The pack's chat template: a built-in one by name, else the tokenizer's own.
+ChatTemplate make_chat_template(const Tokenizer& tok, const std::string& name) {
+  if (name.empty()) {
+    try {
+      return ChatTemplate::for_tokenizer(tok);
+    } catch (const Error& e) {
+      throw Error(std::string("pack: sft / preference examples are rendered with a chat template: ") + e.what(),
+                  "set chat_template: chatml|llama3|llama3.1|llama3.2|smollm2 in the config");
     }
-    return ChatTemplate::from_jinja(tok.chat_template());
   }
+  ChatTemplate t = name == "chatml"     ? ChatTemplate::chatml()
+                   : name == "llama3"   ? ChatTemplate::llama3()
+                   : name == "llama3.1" ? ChatTemplate::llama31()
+                   : name == "llama3.2" ? ChatTemplate::llama32()
+                                        : ChatTemplate::smollm2();
+  if (tok.bos_id() >= 0 && t.format() != ChatFormat::ChatML) t.bos_token = tok.token_text(tok.bos_id());
+  return t;
+}
 
-  const Tokenizer& tok_;
-  ChatTemplate tmpl_;
-};
+EncodedChat encode_messages(const Tokenizer& tok, const ChatTemplate& tmpl, const std::vector<Message>& chat) {
+  std::vector<ChatMessage> msgs;
+  msgs.reserve(chat.size());
+  for (const auto& m : chat) msgs.push_back({m.role, m.content});
+  return encode_chat(tok, tmpl, msgs, /*add_generation_prompt=*/false);
+}
 
 // ---- tokenization -------------------------------------------------------------------------------
 
@@ -548,7 +560,7 @@ void keep_last_run(std::vector<uint8_t>& mask) {
 
 class Encoder {
  public:
-  Encoder(const Tokenizer& tok, ShardKind kind, bool bos, bool eos, const ChatEncoder* chat)
+  Encoder(const Tokenizer& tok, ShardKind kind, bool bos, bool eos, const ChatTemplate* chat)
       : tok_(tok), kind_(kind), bos_(bos), eos_(eos), chat_(chat) {}
 
   Encoded encode(const Example& ex) const {
@@ -570,14 +582,14 @@ class Encoder {
       return out;
     }
     if (kind_ == ShardKind::sft) {
-      ChatIds c = chat_->encode(ex.chat);
+      EncodedChat c = encode_messages(tok_, *chat_, ex.chat);
       out.ids = std::move(c.ids), out.mask = std::move(c.mask);
       return out;
     }
     for (int side = 0; side < 2; ++side) {
       std::vector<Message> chat = ex.chat;
       chat.push_back({"assistant", side == 0 ? ex.chosen : ex.rejected});
-      ChatIds c = chat_->encode(chat);
+      EncodedChat c = encode_messages(tok_, *chat_, chat);
       keep_last_run(c.mask);
       (side == 0 ? out.ids : out.rejected) = std::move(c.ids);
       (side == 0 ? out.mask : out.rejected_mask) = std::move(c.mask);
@@ -588,7 +600,7 @@ class Encoder {
   const Tokenizer& tok_;
   ShardKind kind_;
   bool bos_, eos_;
-  const ChatEncoder* chat_;
+  const ChatTemplate* chat_;
 };
 
 // Encodes a batch on `threads` threads; results stay in input order. The first failing example (in
@@ -716,7 +728,20 @@ void read_batch(ExampleStream& stream, std::vector<Example>& batch, int64_t limi
   }
 }
 
-// Batch k is tokenized on worker threads while this thread writes batch k-1 and reads batch k+1.
+// Runs f, keeping what it throws.
+template <class F>
+std::exception_ptr capture(F&& f) {
+  try {
+    f();
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+// Three stages overlap: batch k is tokenized (on `threads` threads) while batch k-1 is written
+// (compressed into shards) on another thread and this one reads batch k+1. Errors are re-thrown in
+// input order, so which one is reported never depends on timing.
 void run_pipeline(ExampleStream& stream, const Encoder& enc, ShardSink& sink, const PackConfig& cfg, int threads,
                   std::chrono::steady_clock::time_point t0) {
   std::vector<Example> cur, next;
@@ -730,23 +755,14 @@ void run_pipeline(ExampleStream& stream, const Encoder& enc, ShardSink& sink, co
   read_batch(stream, cur, cfg.limit, taken);
   while (!cur.empty()) {
     std::vector<Encoded> out;
-    std::exception_ptr failed;
-    std::thread worker([&] {
-      try {
-        encode_batch(enc, cur, out, threads);
-      } catch (...) {
-        failed = std::current_exception();
-      }
-    });
-    try {
-      write_prev();
-      read_batch(stream, next, cfg.limit, taken);
-    } catch (...) {
-      worker.join();
-      throw;
-    }
-    worker.join();
-    if (failed) std::rethrow_exception(failed);
+    std::exception_ptr enc_err, write_err, read_err;
+    std::thread encoder([&] { enc_err = capture([&] { encode_batch(enc, cur, out, threads); }); });
+    std::thread writer([&] { write_err = capture(write_prev); });
+    read_err = capture([&] { read_batch(stream, next, cfg.limit, taken); });
+    encoder.join();
+    writer.join();
+    for (const auto& e : {write_err, enc_err, read_err})
+      if (e) std::rethrow_exception(e);
     prev = std::move(out);
     prev_where.clear();
     for (const auto& e : cur) prev_where.push_back(e.where);
@@ -795,6 +811,7 @@ std::vector<std::vector<std::string>> validate(const PackConfig& cfg) {
   if (cfg.output.empty()) throw Error("pack: key 'output' is required", "set output: the directory for the shards");
   check_choice(cfg.kind, {"pretrain", "sft", "preference"}, "pack: key 'kind'");
   check_choice(cfg.add_bos, {"auto", "true", "false"}, "pack: key 'add_bos'");
+  if (!cfg.chat_template.empty()) check_choice(cfg.chat_template, kChatTemplates, "pack: key 'chat_template'");
   if (cfg.shard_tokens <= 0) throw Error("pack: shard_tokens must be positive, got " + std::to_string(cfg.shard_tokens));
   if (cfg.compression_level < 0 || cfg.compression_level > 9) {
     throw Error("pack: compression_level must be 0..9, got " + std::to_string(cfg.compression_level));
@@ -960,8 +977,8 @@ PackStats pack_dataset(const PackConfig& cfg) {
     throw Error("pack: eos_between_docs is set but tokenizer '" + cfg.tokenizer + "' has no EOS token",
                 "set eos_between_docs: false");
   }
-  std::unique_ptr<ChatEncoder> chat;
-  if (kind != ShardKind::pretrain) chat = std::make_unique<ChatEncoder>(tok, cfg.tokenizer, cfg.chat_template);
+  std::unique_ptr<ChatTemplate> chat;
+  if (kind != ShardKind::pretrain) chat = std::make_unique<ChatTemplate>(make_chat_template(tok, cfg.chat_template));
   prepare_output(cfg);
   json config = config_json(cfg, files);
 

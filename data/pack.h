@@ -52,12 +52,13 @@ struct PackConfig {
   bool eos_between_docs = true;        // pretrain: EOS after every document
   std::string add_bos = "auto";        // pretrain: BOS before every document: auto (the tokenizer's
                                        // add_bos flag) | true | false
-  std::string chat_template;           // "" = the tokenizer's own; or a built-in name (chatml, llama3)
+  std::string chat_template;           // "" = the tokenizer's own; or a built-in: chatml, llama3,
+                                       // llama3.1, llama3.2 (dated today, as HF does), smollm2
   int64_t threads = 0;                 // tokenizer threads; 0 = all cores
   int64_t limit = 0;                   // stop after this many documents/examples (0 = all)
   int64_t max_doc_bytes = 64 << 20;    // text split=file: larger files are refused (memory bound)
-  int64_t chunk_tokens = 1 << 20;      // HDF5 chunk, in tokens
-  int64_t compression_level = 4;       // deflate 0..9
+  int64_t chunk_tokens = 1 << 14;      // HDF5 chunk, in tokens (see ShardWriterOptions)
+  int64_t compression_level = 1;       // deflate 0..9 (see ShardWriterOptions)
   bool overwrite = false;              // replace shards already in `output`
   bool progress = false;               // print progress to stderr every few seconds
   std::string created_by;              // recorded in every shard and in index.json

@@ -227,17 +227,29 @@ std::string dtype_name(hid_t type) {
   return "a non-numeric type";
 }
 
-// Opens a 1-D unsigned-integer dataset of `bytes`-wide elements; returns it and its length.
-Hid open_dataset(hid_t loc, const std::string& name, size_t bytes, size_t cache_bytes, const std::string& file,
-                 hsize_t* length) {
+// Bytes of one chunk of a dataset (0 when it is not chunked).
+size_t chunk_bytes(hid_t ds) {
+  Hid dcpl(H5Dget_create_plist(ds), H5Pclose);
+  hsize_t dims[1] = {0};
+  if (!dcpl.valid() || H5Pget_layout(dcpl.get()) != H5D_CHUNKED || H5Pget_chunk(dcpl.get(), 1, dims) != 1) return 0;
+  Hid type(H5Dget_type(ds), H5Tclose);
+  return static_cast<size_t>(dims[0]) * (type.valid() ? H5Tget_size(type.get()) : 1);
+}
+
+// Opens a 1-D unsigned-integer dataset of `bytes`-wide elements; returns it and its length. Its
+// chunk cache holds two chunks (at least 256 KiB): enough for sequential reads to decompress each
+// chunk once, small enough that a loader with hundreds of shards open stays small.
+Hid open_dataset(hid_t loc, const std::string& name, size_t bytes, const std::string& file, hsize_t* length) {
   htri_t exists = H5Lexists(loc, name.c_str(), H5P_DEFAULT);
   if (exists < 0) fail(file, "cannot look up dataset '" + name + "'", kCorruptHint);
   if (exists == 0) {
     throw Error("shard '" + file + "': dataset '" + name + "' is missing", kCorruptHint);
   }
-  // A chunk cache big enough for two chunks, so sequential reads decompress each chunk once.
+  Hid probe = checked(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose, file, "cannot open dataset '" + name + "'");
+  size_t cache = std::max<size_t>(256u << 10, 2 * chunk_bytes(probe.get()));
+  probe.reset();
   Hid dapl = checked(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose, file, "cannot create a property list");
-  H5Pset_chunk_cache(dapl.get(), H5D_CHUNK_CACHE_NSLOTS_DEFAULT, cache_bytes, H5D_CHUNK_CACHE_W0_DEFAULT);
+  H5Pset_chunk_cache(dapl.get(), H5D_CHUNK_CACHE_NSLOTS_DEFAULT, cache, H5D_CHUNK_CACHE_W0_DEFAULT);
   Hid ds = checked(H5Dopen2(loc, name.c_str(), dapl.get()), H5Dclose, file, "cannot open dataset '" + name + "'");
   Hid type = checked(H5Dget_type(ds.get()), H5Tclose, file, "dataset '" + name + "'");
   std::string expected = "uint" + std::to_string(bytes * 8);
@@ -330,6 +342,7 @@ struct ShardWriter::Impl {
   Hid file;
   std::vector<Part> parts;
   bool created = false, committed = false;
+  size_t flush_at = 0;  // buffered tokens per HDF5 write: whole chunks, about 1M tokens
 
   // Also runs when the constructor throws: an unfinished file never stays behind.
   ~Impl() {
@@ -352,7 +365,7 @@ struct ShardWriter::Impl {
     auto chunk = static_cast<hsize_t>(opt.chunk_tokens);
     int level = opt.compression_level;
     p.tokens = create_growing(loc, "tokens", H5T_STD_U32LE, chunk, level, tmp_path);
-    p.offsets = create_growing(loc, "doc_offsets", H5T_STD_U64LE, std::min<hsize_t>(chunk, 1 << 16), level, tmp_path);
+    p.offsets = create_growing(loc, "doc_offsets", H5T_STD_U64LE, 1 << 14, level, tmp_path);
     if (with_mask) p.mask = create_growing(loc, "loss_mask", H5T_STD_U8LE, chunk, level, tmp_path);
     p.off_buf.push_back(0);
   }
@@ -384,7 +397,7 @@ struct ShardWriter::Impl {
       }
       p.tok_buf.push_back(static_cast<uint32_t>(ids[i]));
       if (p.with_mask) p.mask_buf.push_back(mask[i] != 0 ? 1 : 0);
-      if (p.tok_buf.size() >= static_cast<size_t>(opt.chunk_tokens)) flush_tokens(p);
+      if (p.tok_buf.size() >= flush_at) flush_tokens(p);
     }
     p.n_tokens += n;
     p.n_docs += 1;
@@ -427,6 +440,8 @@ ShardWriter::ShardWriter(const std::string& path, ShardInfo info, ShardWriterOpt
   m.tmp_path = path + ".tmp." + std::to_string(::getpid());
   m.info = std::move(info);
   m.opt = opt;
+  auto chunk = static_cast<size_t>(std::max<int64_t>(opt.chunk_tokens, 1));
+  m.flush_at = chunk * std::max<size_t>(1, (size_t{1} << 20) / chunk);
   if (opt.chunk_tokens <= 0) throw Error("shard writer: chunk_tokens must be positive, got " + std::to_string(opt.chunk_tokens));
   if (opt.compression_level < 0 || opt.compression_level > 9) {
     throw Error("shard writer: compression_level must be 0..9, got " + std::to_string(opt.compression_level));
@@ -452,6 +467,7 @@ ShardWriter::ShardWriter(const std::string& path, ShardInfo info, ShardWriterOpt
 ShardWriter::~ShardWriter() = default;
 
 void ShardWriter::add_doc(const int32_t* ids, size_t n, const uint8_t* mask) {
+  silence_hdf5();  // writers may be fed from a different thread than the one that opened them
   Impl& m = *impl_;
   if (m.committed) throw Error("shard '" + m.path + "': add_doc after commit");
   if (m.info.kind == ShardKind::preference) throw Error("shard '" + m.path + "': a preference shard takes add_pair, not add_doc");
@@ -464,6 +480,7 @@ void ShardWriter::add_doc(const int32_t* ids, size_t n, const uint8_t* mask) {
 
 void ShardWriter::add_pair(const std::vector<int32_t>& chosen, const std::vector<uint8_t>& chosen_mask,
                            const std::vector<int32_t>& rejected, const std::vector<uint8_t>& rejected_mask) {
+  silence_hdf5();
   Impl& m = *impl_;
   if (m.committed) throw Error("shard '" + m.path + "': add_pair after commit");
   if (m.info.kind != ShardKind::preference) throw Error("shard '" + m.path + "': add_pair needs a preference shard");
@@ -578,11 +595,11 @@ void ShardReader::Impl::open_part(ShardPart which, bool mask_required) {
     loc = group.get();
   }
   hsize_t n_tok = 0, n_off = 0, n_mask = 0;
-  p.tokens = open_dataset(loc, "tokens", 4, 8u << 20, path, &n_tok);
-  Hid offsets = open_dataset(loc, "doc_offsets", 8, 1u << 20, path, &n_off);
+  p.tokens = open_dataset(loc, "tokens", 4, path, &n_tok);
+  Hid offsets = open_dataset(loc, "doc_offsets", 8, path, &n_off);
   htri_t has_mask = H5Lexists(loc, "loss_mask", H5P_DEFAULT);
   if (has_mask > 0) {
-    p.mask = open_dataset(loc, "loss_mask", 1, 2u << 20, path, &n_mask);
+    p.mask = open_dataset(loc, "loss_mask", 1, path, &n_mask);
     if (n_mask != n_tok) {
       throw Error("shard '" + path + "': dataset '" + prefix + "loss_mask' has " + std::to_string(n_mask) +
                   " elements but '" + prefix + "tokens' has " + std::to_string(n_tok), kCorruptHint);

@@ -35,7 +35,7 @@
 // (shared prompt + that response) and its loss_mask is 1 only on the final response's tokens, so
 // the prompt is the tokens before the first 1.
 // Storage: HDF5 1.10 file format (every metadata structure and the chunk index carry checksums;
-// readable by HDF5 >= 1.10, i.e. any current h5py). Every dataset is chunked (tokens: 1M elements by
+// readable by HDF5 >= 1.10, i.e. any current h5py). Every dataset is chunked (16K elements by
 // default) with the shuffle, deflate and Fletcher-32 filters, so a flipped byte anywhere is reported
 // as corruption rather than read as tokens. Files are written to "<name>.tmp.<pid>" and renamed only
 // once complete.
@@ -72,8 +72,12 @@ struct ShardInfo {
 };
 
 struct ShardWriterOptions {
-  int64_t chunk_tokens = 1 << 20;  // HDF5 chunk of `tokens` / `loss_mask`, in elements
-  int compression_level = 4;       // deflate 1..9 (4: most of level 9's ratio at a fraction of the time)
+  // HDF5 chunk of `tokens` / `loss_mask`, in elements. A read decompresses whole chunks, and a
+  // shuffled loader reads one random row (seq_len + 1 tokens) at a time: measured on 12M GPT-2
+  // tokens, rows of 2049 at 16K-token chunks load at 8.7M tokens/s, at 64K 2.0M, at 256K 0.54M,
+  // at 1M 0.12M, while the file grows by only 2.6% from 256K to 16K chunks.
+  int64_t chunk_tokens = 1 << 14;
+  int compression_level = 1;       // deflate 0..9 (token ids after the shuffle filter: 1 is ~3% larger than 4, much faster)
 };
 
 // Writes one shard incrementally: memory stays at about one chunk whatever the shard's size.

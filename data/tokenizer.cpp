@@ -40,7 +40,7 @@ struct WordCache {
 };
 
 constexpr size_t kCacheMaxPiece = 128;      // longer pieces are rare and rarely repeat
-constexpr size_t kCacheMaxEntries = 1 << 19;
+constexpr size_t kCacheMaxEntries = 1 << 17;  // ~8 MB per tokenizer and thread at most
 constexpr size_t kCacheSlots = 4;           // tokenizers used alternately on one thread
 
 WordCache& cache_for(uint64_t serial) {
@@ -349,8 +349,9 @@ Tokenizer Tokenizer::load(const std::string& spec) {
     try {
       path = resolve_model(spec);  // a known short name ("smollm2-135m-instruct")
     } catch (const Error& e) {
-      throw Error("tokenizer '" + spec + "': no such file or directory, and " + e.what(),
-                  "give a tokenizer.json, a model directory, a .gguf, a tiktoken ranks file, or a known model name");
+      throw Error("tokenizer '" + spec + "': no such file or directory, nor a known model name",
+                  e.hint() + " (a tokenizer is a tokenizer.json, a model directory, a .gguf, a tiktoken ranks file, "
+                             "or vocab.json + merges.txt)");
     }
   }
   std::unique_ptr<Impl> impl = fs::is_directory(path, ec) ? load_directory(path) : load_file(path);

@@ -16,7 +16,9 @@ class Tokenizer {
  public:
   // `spec` is a model directory (tokenizer.json inside), a tokenizer.json, a tiktoken ranks file
   // (*.model / *.tiktoken; Llama 3 special tokens are added), a .gguf file, or a directory with
-  // vocab.json + merges.txt. Throws bonsai::Error naming the file and what is wrong.
+  // vocab.json + merges.txt (or the vocab.json itself), or a known model name
+  // ("smollm2-135m-instruct", see model/registry.h). Throws bonsai::Error naming the file and what
+  // is wrong.
   static Tokenizer load(const std::string& spec);
 
   // Text -> ids. With parse_special, special-token strings in the text ("<|eot_id|>") become their

@@ -73,7 +73,8 @@ class FlatStringMap {
   void clear() {
     arena_.clear();
     count_ = 0;
-    rehash(16);
+    slots_.assign(16, Slot{});
+    mask_ = 15;
   }
   void reserve(size_t n) {
     size_t cap = 16;

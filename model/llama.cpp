@@ -132,6 +132,51 @@ torch::Tensor LlamaImpl::block(const LlamaLayer& l, int64_t i, torch::Tensor x, 
   return x;
 }
 
+// Activation checkpointing: forward runs the layer without recording a graph; backward runs it again
+// with grad enabled and differentiates that recomputation. Inputs: x, then the layer's weights. What
+// backward needs is kept in the autograd context (the model outlives its graphs; the trace hook is
+// not called during recomputation).
+struct BlockCall {
+  LlamaImpl* self;
+  int64_t index;
+  torch::Tensor cos, sin;
+  const ForwardOptions* opt;
+};
+
+class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
+ public:
+  // The nine weights are separate arguments: autograd tracks Tensor arguments, not vectors of them.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor, torch::Tensor,
+                               torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                               torch::Tensor, torch::Tensor, BlockCall call) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["self"] = reinterpret_cast<int64_t>(call.self);
+    ctx->saved_data["index"] = call.index;
+    ctx->saved_data["cos"] = call.cos;
+    ctx->saved_data["sin"] = call.sin;
+    torch::NoGradGuard ng;
+    return call.self->block(call.self->layers_[call.index], call.index, x, call.cos, call.sin, *call.opt);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* self = reinterpret_cast<LlamaImpl*>(ctx->saved_data["self"].toInt());
+    const int64_t index = ctx->saved_data["index"].toInt();
+    const LlamaLayer& l = self->layers_[index];
+    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    std::vector<torch::Tensor> inputs = {x, l.attn_norm->weight, l.q->weight, l.k->weight, l.v->weight, l.o->weight,
+                                         l.ffn_norm->weight, l.gate->weight, l.up->weight, l.down->weight};
+    torch::Tensor y;
+    {
+      torch::AutoGradMode grad_on(true);
+      y = self->block(l, index, x, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(), ForwardOptions{});
+    }
+    auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]}, /*retain_graph=*/false,
+                                       /*create_graph=*/false, /*allow_unused=*/true);
+    grads.push_back(torch::Tensor());  // the BlockCall argument
+    return grads;
+  }
+};
+
 ForwardOutput LlamaImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& opt) {
   if (input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong) {
     throw Error("Llama forward: input_ids must be (B,T) int64, got " + shape_str(input_ids.sizes().vec()) +
@@ -145,8 +190,16 @@ ForwardOutput LlamaImpl::forward(const torch::Tensor& input_ids, const ForwardOp
   auto [cos, sin] = rope_cos_sin(opt.start_pos, input_ids.size(1), x.device());
   cos = cos.to(x.scalar_type());
   sin = sin.to(x.scalar_type());
+  const bool checkpoint = opt.checkpoint_layers && torch::GradMode::is_enabled();
   for (size_t i = 0; i < layers_.size(); ++i) {
-    x = block(layers_[i], static_cast<int64_t>(i), x, cos, sin, opt);
+    if (checkpoint) {
+      const LlamaLayer& l = layers_[i];
+      x = CheckpointedBlock::apply(x, l.attn_norm->weight, l.q->weight, l.k->weight, l.v->weight, l.o->weight,
+                                   l.ffn_norm->weight, l.gate->weight, l.up->weight, l.down->weight,
+                                   BlockCall{this, static_cast<int64_t>(i), cos, sin, &opt});
+    } else {
+      x = block(layers_[i], static_cast<int64_t>(i), x, cos, sin, opt);
+    }
     if (opt.return_hidden && i + 1 < layers_.size()) out.hidden_states.push_back(x);
   }
   x = rms_norm(x, final_norm_->weight, cfg_.rms_norm_eps);

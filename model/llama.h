@@ -26,6 +26,9 @@ struct ForwardOptions {
   int64_t start_pos = 0;        // position of the first token (RoPE offset)
   bool return_hidden = false;   // fill ForwardOutput::hidden_states (HF convention, L+1 tensors)
   bool compute_logits = true;   // false: skip the output projection (callers that fuse it)
+  // Training: keep only each layer's input and recompute the layer in backward (activation
+  // checkpointing). Ignored when grad mode is off. The trace hook then also fires during recompute.
+  bool checkpoint_layers = false;
   const TraceFn* trace = nullptr;
 };
 
@@ -68,6 +71,7 @@ class LlamaImpl : public torch::nn::Module {
   void init_random(uint64_t seed, double std = 0.02);
 
  private:
+  friend class CheckpointedBlock;
   torch::Tensor block(const LlamaLayer& l, int64_t layer, torch::Tensor x, const torch::Tensor& cos,
                       const torch::Tensor& sin, const ForwardOptions& opt);
   LlamaConfig cfg_;

@@ -261,6 +261,12 @@ TEST(Pack, InputErrorsNameFileLineAndRecord) {
   e = pack(dir + "/nothing-*.jsonl", "jsonl");
   EXPECT_NE(e.find("no file matches"), std::string::npos) << e;
 
+  write_file(dir + "/long.jsonl", "{\"text\": \"" + std::string(3000, 'x') + "\"}\n");
+  auto small = config(data, dir + "/out", "pretrain", {source(dir + "/long.jsonl", "jsonl")});
+  small.max_doc_bytes = 1000;
+  e = error_of([&] { bonsai::pack_dataset(small); });
+  EXPECT_NE(e.find("long.jsonl:1: a line or record is longer than max_doc_bytes = 1000 bytes"), std::string::npos) << e;
+
   std::string gz = read_file(data + "/preference/harmless-base_test.jsonl.gz");
   write_file(dir + "/cut.jsonl.gz", gz.substr(0, gz.size() / 2));
   PackSource cut = source(dir + "/cut.jsonl.gz", "jsonl");
@@ -268,6 +274,21 @@ TEST(Pack, InputErrorsNameFileLineAndRecord) {
   e = error_of([&] { bonsai::pack_dataset(config(data, dir + "/out", "pretrain", {cut})); });
   EXPECT_NE(e.find("cannot read '" + dir + "/cut.jsonl.gz'"), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+}
+
+// An error late in the input (after shards were written) leaves no partial pack behind.
+TEST(Pack, AFailedPackLeavesNoShards) {
+  BONSAI_REQUIRE_DIR("BONSAI_SHARED_DATA", data);
+  std::string dir = bonsai::test::scratch_dir("pack_fail");
+  std::string lines;
+  for (int i = 0; i < 9000; ++i) lines += "{\"text\": \"record number " + std::to_string(i) + "\"}\n";
+  write_file(dir + "/in.jsonl", lines + "{\"text\": oops}\n");
+  auto cfg = config(data, dir + "/out", "pretrain", {source(dir + "/in.jsonl", "jsonl")});
+  cfg.shard_tokens = 1000;
+  std::string e = error_of([&] { bonsai::pack_dataset(cfg); });
+  EXPECT_NE(e.find("in.jsonl:9001: invalid JSON in record 9001"), std::string::npos) << e;
+  ASSERT_TRUE(fs::is_directory(dir + "/out"));
+  EXPECT_TRUE(fs::is_empty(dir + "/out")) << "found " << fs::directory_iterator(dir + "/out")->path();
 }
 
 TEST(Pack, RefusesToMixWithAnEarlierPack) {
@@ -307,6 +328,133 @@ TEST(Pack, LoaderRefusesOtherTokenizerAndTruncatedShard) {
   e = error_of([&] { bonsai::Loader l(o); });
   EXPECT_NE(e.find("shard '" + dir + "/shard-00000.h5'"), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+}
+
+// ---- sft / preference through the chat template ---------------------------------------------------
+
+// The decoded text of the tokens whose mask is `want`.
+std::string masked_text(const Tokenizer& tok, const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask,
+                        uint8_t want) {
+  std::vector<int32_t> sel;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (mask[i] == want) sel.push_back(ids[i]);
+  return tok.decode(sel);
+}
+
+TEST(Pack, SftMasksCoverExactlyTheReplies) {
+  BONSAI_REQUIRE_DIR("BONSAI_SHARED_DATA", data);
+  std::string out = bonsai::test::scratch_dir("pack_sft");
+  auto cfg = config(data, out, "sft",
+                    {source(data + "/sft/alpaca_tiny.json", "alpaca"), source(data + "/sft/dummy_conversation.json", "sharegpt")});
+  cfg.chat_template = "chatml";
+  auto stats = bonsai::pack_dataset(cfg);
+  EXPECT_EQ(stats.docs, 600u);
+  const Tokenizer& tok = gpt2_tokenizer(data);
+  auto shards = open_pack(out);
+  ASSERT_EQ(shards.size(), 1u);
+  EXPECT_EQ(shards[0].kind(), bonsai::ShardKind::sft);
+  json alpaca = json::parse(read_file(data + "/sft/alpaca_tiny.json"));
+  for (size_t i : {0, 17, 99}) {
+    auto ids = shards[0].read_doc(i);
+    auto mask = shards[0].read_doc_mask(i);
+    std::string reply = masked_text(tok, ids, mask, 1), prompt = masked_text(tok, ids, mask, 0);
+    EXPECT_EQ(reply, alpaca[i]["output"].get<std::string>() + "<|im_end|>") << "alpaca " << i;
+    EXPECT_NE(prompt.find(alpaca[i]["instruction"].get<std::string>()), std::string::npos) << prompt;
+    EXPECT_EQ(prompt.find(alpaca[i]["output"].get<std::string>()), std::string::npos) << "the reply is not in the prompt";
+  }
+  json chats = json::parse(read_file(data + "/sft/dummy_conversation.json"));
+  for (size_t i : {0, 250, 499}) {
+    auto ids = shards[0].read_doc(100 + i);
+    std::string reply = masked_text(tok, ids, shards[0].read_doc_mask(100 + i), 1);
+    std::string expected;
+    for (const auto& m : chats[i]["conversations"])
+      if (m["from"] == "gpt") expected += m["value"].get<std::string>() + "<|im_end|>";
+    EXPECT_EQ(reply, expected) << "sharegpt " << i;
+  }
+  // The loader serves it: rows padded with the mask off.
+  bonsai::LoaderOptions o;
+  o.data = {out};
+  o.tokenizer_identity = tok.identity();
+  o.batch_size = 4, o.seq_len = 512, o.pad_id = tok.eos_id();
+  bonsai::Loader l(o);
+  auto b = *l.next();
+  for (int r = 0; r < 4; ++r) {
+    int ones = 0;
+    for (int j = 0; j < 513; ++j) ones += b.loss_mask[r * 513 + j];
+    EXPECT_GT(ones, 0);
+    if (b.lengths[r] < 513) {
+      EXPECT_EQ(b.tokens[r * 513 + 512], tok.eos_id());
+    }
+  }
+}
+
+TEST(Pack, PreferencePairsShareThePromptAndMaskTheFinalReply) {
+  BONSAI_REQUIRE_DIR("BONSAI_SHARED_DATA", data);
+  std::string out = bonsai::test::scratch_dir("pack_pref");
+  PackSource se = source(data + "/preference/stack_exchange_paired_tiny.json", "paired");
+  se.prompt_field = "question", se.chosen_field = "response_j", se.rejected_field = "response_k";
+  auto cfg = config(data, out, "preference",
+                    {source(data + "/preference/dpo_en_demo.json", "sharegpt_pairs"), se,
+                     source(data + "/preference/harmless-base_test.jsonl.gz", "hh_rlhf")});
+  cfg.chat_template = "chatml";
+  auto stats = bonsai::pack_dataset(cfg);
+  // hh-rlhf's test split has 5 pairs whose two dialogues differ before the final reply.
+  EXPECT_EQ(stats.skipped["preference pair whose dialogues differ before the final reply"], 5u);
+  EXPECT_EQ(stats.docs, 300u + 25u + 2312u - 5u);
+  const Tokenizer& tok = gpt2_tokenizer(data);
+  auto shards = open_pack(out);
+  ASSERT_EQ(shards.size(), 1u);
+  const ShardReader& r = shards[0];
+  json dpo = json::parse(read_file(data + "/preference/dpo_en_demo.json"));
+  json sep = json::parse(read_file(data + "/preference/stack_exchange_paired_tiny.json"));
+  struct Want {
+    uint64_t pair;
+    std::string chosen, rejected;
+  };
+  for (const Want& w : {Want{0, dpo[0]["chosen"]["value"], dpo[0]["rejected"]["value"]},
+                        Want{299, dpo[299]["chosen"]["value"], dpo[299]["rejected"]["value"]},
+                        Want{312, sep[12]["response_j"], sep[12]["response_k"]}}) {
+    auto c = r.read_doc(w.pair, ShardPart::chosen), j = r.read_doc(w.pair, ShardPart::rejected);
+    auto cm = r.read_doc_mask(w.pair, ShardPart::chosen), jm = r.read_doc_mask(w.pair, ShardPart::rejected);
+    EXPECT_EQ(masked_text(tok, c, cm, 1), w.chosen + "<|im_end|>") << "pair " << w.pair;
+    EXPECT_EQ(masked_text(tok, j, jm, 1), w.rejected + "<|im_end|>") << "pair " << w.pair;
+    size_t pc = std::find(cm.begin(), cm.end(), 1) - cm.begin(), pj = std::find(jm.begin(), jm.end(), 1) - jm.begin();
+    EXPECT_EQ(std::vector<int32_t>(c.begin(), c.begin() + pc), std::vector<int32_t>(j.begin(), j.begin() + pj))
+        << "pair " << w.pair << ": the two sides share the prompt";
+  }
+  // A multi-turn HH dialogue: earlier assistant turns are prompt, only the last reply is trained on.
+  auto c = r.read_doc(325, ShardPart::chosen);
+  auto cm = r.read_doc_mask(325, ShardPart::chosen);
+  std::string prompt = masked_text(tok, c, cm, 0);
+  EXPECT_NE(prompt.find("<|im_start|>assistant"), std::string::npos);
+  EXPECT_EQ(masked_text(tok, c, cm, 1).find("<|im_start|>"), std::string::npos);
+}
+
+TEST(Pack, ChatInputErrors) {
+  BONSAI_REQUIRE_DIR("BONSAI_SHARED_DATA", data);
+  std::string dir = bonsai::test::scratch_dir("pack_chat_errors");
+  write_file(dir + "/m.jsonl",
+             R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})" "\n"
+             R"({"messages": [{"role": "user", "content": "only a question"}]})" "\n"
+             R"({"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]})" "\n");
+  auto cfg = config(data, dir + "/out", "sft", {source(dir + "/m.jsonl", "messages")});
+  std::string e = error_of([&] { bonsai::pack_dataset(cfg); });
+  EXPECT_NE(e.find("has no chat template"), std::string::npos) << e;
+  EXPECT_NE(e.find("set chat_template: chatml"), std::string::npos) << e;
+  cfg.chat_template = "chatlm";
+  e = error_of([&] { bonsai::pack_dataset(cfg); });
+  EXPECT_NE(e.find("did you mean 'chatml'?"), std::string::npos) << e;
+  cfg.chat_template = "chatml";
+  e = error_of([&] { bonsai::pack_dataset(cfg); });
+  EXPECT_NE(e.find("m.jsonl:3 (record 3): message 2 has role 'robot'"), std::string::npos) << e;
+  write_file(dir + "/m.jsonl", read_file(dir + "/m.jsonl").substr(0, read_file(dir + "/m.jsonl").rfind("{\"messages\"")));
+  auto stats = bonsai::pack_dataset(cfg);
+  EXPECT_EQ(stats.docs, 1u);
+  EXPECT_EQ(stats.skipped["chat without an assistant reply"], 1u);
+  write_file(dir + "/a.json", R"([{"instruction": "a", "output": "b"}, {"instruction": "c"}])");
+  cfg.sources = {source(dir + "/a.json", "alpaca")};
+  e = error_of([&] { bonsai::pack_dataset(cfg); });
+  EXPECT_NE(e.find("a.json:1 (record 2): record has no field 'output' (its fields: instruction)"), std::string::npos) << e;
 }
 
 TEST(Pack, ParseSourcesFromYaml) {

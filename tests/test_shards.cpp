@@ -313,7 +313,9 @@ TEST(Shards, FlippedBytesAreAnErrorOrHarmless) {
 TEST(Shards, H5pyReadsTheSameData) {
   const char* py = bonsai::test::env_cstr("BONSAI_PYTHON");
   std::string src_dir = bonsai::test::env_dir("BONSAI_SOURCE_DIR");
-  if (py == nullptr || src_dir.empty()) GTEST_SKIP() << "BONSAI_PYTHON / BONSAI_SOURCE_DIR not set: no h5py to compare with";
+  if (py == nullptr || src_dir.empty() || !fs::exists(py)) {
+    GTEST_SKIP() << "BONSAI_PYTHON ('" << (py ? py : "") << "') / BONSAI_SOURCE_DIR not set or missing: no h5py to compare with";
+  }
   auto dir = bonsai::test::scratch_dir("shards_h5py");
   auto docs = make_docs(400, 60, 7);
   std::string path = dir + "/sft.h5";

@@ -115,13 +115,21 @@ def make_tiktoken(path):
 
 
 def make_hf_gpt2(vocab, merges, save_dir):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
-    tok = Tokenizer(BPE.from_file(str(vocab), str(merges)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+
+    def build():
+        tok = Tokenizer(BPE.from_file(str(vocab), str(merges)))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    # The saved file registers <|endoftext|> as special, as GPT2TokenizerFast does. The encoder has no
+    # added tokens: HF always matches those in the text, and the references are "no special parsing".
+    saved = build()
+    saved.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
     save_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(save_dir / "tokenizer.json"))
+    saved.save(str(save_dir / "tokenizer.json"))
+    tok = build()
     return lambda s: tok.encode(s, add_special_tokens=False).ids
 
 

@@ -1,0 +1,257 @@
+#include "distill/recipe.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "model/checkpoint.h"
+#include "model/registry.h"
+#include "train/metrics.h"
+#include "train/optim.h"
+#include "train/train_state.h"
+
+namespace bonsai {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Teacher {
+  Llama model;
+  double weight;
+};
+
+// A loader batch as tensors: inputs (B,T) and labels (B,T) with -100 where the loss does not apply.
+std::pair<torch::Tensor, torch::Tensor> to_tensors(const Batch& b) {
+  auto tok = torch::tensor(b.tokens, torch::kInt).to(torch::kLong).view({b.B, b.T + 1});
+  auto mask = torch::tensor(std::vector<int32_t>(b.loss_mask.begin(), b.loss_mask.end()), torch::kInt).view({b.B, b.T + 1});
+  auto input = tok.narrow(1, 0, b.T).contiguous();
+  auto labels = tok.narrow(1, 1, b.T).masked_fill(mask.narrow(1, 1, b.T) == 0, -100).contiguous();
+  return {input, labels};
+}
+
+Llama load_student(const DistillConfig& c) {
+  if (c.student_init == "pretrained") return load_model(c.student, torch::kFloat);
+  Checkpoint ck = load_checkpoint(c.student, torch::kFloat);  // for the shape only
+  Llama m(ck.config);
+  m->init_random(static_cast<uint64_t>(c.train.seed));
+  return m;
+}
+
+std::vector<Teacher> load_teachers(const DistillConfig& c, const LlamaConfig& student) {
+  std::vector<Teacher> out;
+  for (size_t i = 0; i < c.teachers.size(); ++i) {
+    Llama t = load_model(c.teachers[i], parse_dtype(c.teacher_dtype, "key 'teacher.dtype'"));
+    for (auto& p : t->parameters()) p.set_requires_grad(false);
+    const int64_t vt = t->config().vocab_size, vs = student.vocab_size;
+    if (vt != vs && std::abs(vt - vs) > 1024) {
+      throw Error("teacher '" + c.teachers[i] + "' has a vocabulary of " + std::to_string(vt) + ", the student " +
+                  std::to_string(vs), "distillation needs the same tokenizer (vocabularies may differ only by padding)");
+    }
+    double w = c.teacher_weights.empty() ? 1.0 / c.teachers.size() : c.teacher_weights[i];
+    out.push_back({t, w});
+  }
+  return out;
+}
+
+struct StepResult {
+  double loss = 0, kd = 0, ce = 0;
+  int64_t tokens = 0;
+};
+
+// One micro-batch: forward both models, fused loss, backward (scaled for accumulation).
+StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const Batch& b, const DistillConfig& c,
+                      bool backward) {
+  auto [input, labels] = to_tensors(b);
+  std::vector<OnlineTeacher> online;
+  {
+    torch::NoGradGuard ng;
+    for (auto& t : teachers) {
+      ForwardOptions fo;
+      fo.compute_logits = false;
+      auto h = t.model->forward(input, fo).last_hidden;
+      online.push_back({h.reshape({-1, h.size(-1)}), t.model->output_weight(), t.weight});
+    }
+  }
+  ForwardOptions so;
+  so.compute_logits = false;
+  so.checkpoint_layers = c.train.activation_checkpointing;
+  torch::Tensor hs = student->forward(input, so).last_hidden;
+  auto parts = fused_kd_loss(hs.reshape({-1, hs.size(-1)}), student->output_weight(), labels.view(-1), online, {}, c.loss);
+  if (backward) (parts.loss / static_cast<double>(c.train.grad_accum)).backward();
+  return {parts.loss.item<double>(), parts.kd, parts.ce, parts.tokens};
+}
+
+std::map<std::string, double> validate_model(Llama& student, std::vector<Teacher>& teachers, const DistillConfig& c,
+                                             const std::string& identity) {
+  LoaderOptions lo;
+  lo.data = c.val_data;
+  lo.tokenizer_identity = identity;
+  lo.batch_size = c.train.micro_batch;
+  lo.seq_len = c.train.seq_len;
+  lo.shuffle = false;
+  lo.epochs = 1;
+  lo.prefetch = 0;
+  Loader val(lo);
+  double loss = 0, ce = 0;
+  int64_t n = 0;
+  torch::NoGradGuard ng;
+  KdLossOptions ce_only = c.loss;
+  ce_only.kd_weight = 0;
+  for (int64_t i = 0; i < c.train.eval_batches; ++i) {
+    auto b = val.next();
+    if (!b) break;
+    auto r = micro_step(student, teachers, *b, c, false);
+    DistillConfig cc = c;
+    cc.loss = ce_only;
+    std::vector<Teacher> none;
+    ce += micro_step(student, none, *b, cc, false).ce;
+    loss += r.loss;
+    ++n;
+  }
+  if (n == 0) throw Error("validation data gave no batch", "give more validation data or a shorter train.seq_len");
+  return {{"loss", loss / n}, {"ce", ce / n}, {"ppl", std::exp(ce / n)}};
+}
+
+}  // namespace
+
+void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
+  s.add("student.model", &student, "student weights (HF dir, GGUF or known name)");
+  s.add_choice("student.init", &student_init, {"pretrained", "random"}, "start from the weights, or only the shape");
+  if (with_teachers) {
+    s.add("teacher.models", &teachers, "online teachers (HF dir, GGUF or known name)");
+    s.add("teacher.weights", &teacher_weights, "mixing weight of each teacher (default: equal)");
+    s.add_choice("teacher.dtype", &teacher_dtype, {"f32", "bf16"}, "teacher compute dtype");
+    s.add_choice("loss.kind", &loss.kind, {"fkl", "rkl", "jsd", "skew_fkl", "skew_rkl"}, "divergence");
+    s.add("loss.temperature", &loss.temperature, "softmax temperature of both models");
+    s.add("loss.kd_weight", &loss.kd_weight, "weight of KD; 1 - kd_weight goes to cross-entropy");
+    s.add("loss.beta", &loss.beta, "jsd interpolation");
+    s.add("loss.skew", &loss.skew, "skew_fkl / skew_rkl mixing");
+    s.add("loss.scale_by_t2", &loss.scale_by_t2, "multiply KD by temperature^2");
+  }
+  s.add("loss.chunk_tokens", &loss.chunk_tokens, "tokens per chunk of the fused loss");
+  s.add("data.train", &train_data, "training data (bonsai data pack outputs)");
+  s.add("data.val", &val_data, "validation data");
+  s.add("data.tokenizer", &tokenizer, "tokenizer spec the shards must match (default: the student)");
+  train.register_keys(s);
+  s.add("output", &output, "run directory (metrics.jsonl, tb/, checkpoints/, student/)");
+  s.add("resume", &resume, "continue from output/checkpoints/latest");
+  s.add_choice("save_dtype", &save_dtype, {"f32", "bf16", "f16"}, "dtype of the final student checkpoint");
+  s.require("student.model", "give the student: student.model=PATH");
+  s.require("data.train", "give training data: data.train=[DIR] (from bonsai data pack)");
+  s.require("output", "give --output DIR");
+}
+
+void DistillConfig::validate(bool with_teachers) const {
+  train.validate();
+  loss.validate();
+  if (with_teachers && teachers.empty() && loss.kd_weight > 0)
+    throw Error("key 'teacher.models' is empty but loss.kd_weight is " + std::to_string(loss.kd_weight),
+                "name at least one teacher, or set loss.kd_weight=0 for plain training");
+  if (!teacher_weights.empty() && teacher_weights.size() != teachers.size())
+    throw Error("key 'teacher.weights' has " + std::to_string(teacher_weights.size()) + " entries for " +
+                std::to_string(teachers.size()) + " teachers");
+  if (train.eval_every > 0 && val_data.empty())
+    throw Error("key 'train.eval_every' is set but 'data.val' is empty", "give validation data or set train.eval_every=0");
+}
+
+int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
+  // ---- set up
+  torch::manual_seed(static_cast<uint64_t>(c.train.seed));
+  Llama student = load_student(c);
+  for (auto& p : student->parameters()) p.set_requires_grad(true);
+  student->train();
+  std::vector<Teacher> teachers = load_teachers(c, student->config());
+  Tokenizer tok = Tokenizer::load(c.tokenizer.empty() ? resolve_model(c.student) : c.tokenizer);
+  LoaderOptions lo;
+  lo.data = c.train_data;
+  lo.tokenizer_identity = tok.identity();
+  lo.tokenizer_name = c.tokenizer.empty() ? c.student : c.tokenizer;
+  lo.batch_size = c.train.micro_batch;
+  lo.seq_len = c.train.seq_len;
+  lo.seed = static_cast<uint64_t>(c.train.seed);
+  Loader loader(lo);
+  auto opt = make_adamw(*student, c.train);
+  TrainState st;
+  if (c.resume) {
+    auto ck = latest_checkpoint(c.output);
+    if (!ck) throw Error("resume: no checkpoint in '" + c.output + "/checkpoints'", "run without resume=true first");
+    st = load_train_checkpoint(*ck, student, *opt);
+    loader.restore(LoaderState::from_json(st.loader_state, *ck + "/trainer_state.json"));
+  }
+  MetricsLogger log(c.output, /*enabled=*/true, /*append=*/c.resume);
+  log.message("distill: student " + c.student + " (" + std::to_string(student->config().num_parameters() / 1000000) +
+              "M params), " + std::to_string(teachers.size()) + " teacher(s), from step " + std::to_string(st.step));
+  auto params = student->parameters();
+  auto save = [&] {
+    st.loader_state = loader.state().to_json();
+    st.rng_state = rng_state_hex();
+    st.extra = {{"config", resolved_yaml}};
+    return save_train_checkpoint(c.output, student, *opt, st, c.train.keep_last);
+  };
+
+  // ---- loop
+  while (st.step < c.train.max_steps) {
+    auto t0 = Clock::now();
+    opt->zero_grad();
+    StepResult sum;
+    for (int64_t m = 0; m < c.train.grad_accum; ++m) {
+      auto b = loader.next();
+      if (!b) throw Error("training data ran out at step " + std::to_string(st.step), "set fewer train.max_steps");
+      auto r = micro_step(student, teachers, *b, c, true);
+      sum.loss += r.loss / c.train.grad_accum, sum.kd += r.kd / c.train.grad_accum, sum.ce += r.ce / c.train.grad_accum;
+      sum.tokens += b->B * b->T;
+    }
+    double gnorm = clip_grad_norm(params, c.train.grad_clip);
+    if (!std::isfinite(sum.loss) || !std::isfinite(gnorm)) {
+      auto last = latest_checkpoint(c.output);
+      if (c.train.on_nan == "stop") {
+        throw Error("loss is " + std::to_string(sum.loss) + " (gradient norm " + std::to_string(gnorm) + ") at step " +
+                    std::to_string(st.step + 1), "the last good checkpoint is " + (last ? *last : std::string("(none yet)")) +
+                    "; lower train.lr, or set train.on_nan=skip");
+      }
+      log.message("step " + std::to_string(st.step + 1) + ": non-finite loss or gradient, step skipped");
+      ++st.step;
+      continue;
+    }
+    double lr = lr_at(st.step, c.train);
+    set_lr(*opt, lr);
+    opt->step();
+    ++st.step;
+    st.tokens_seen += sum.tokens;
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (st.step % c.train.log_every == 0 || st.step == c.train.max_steps) {
+      log.log_train(st.step, c.train.max_steps, {{"loss", sum.loss}, {"kd", sum.kd}, {"ce", sum.ce}, {"lr", lr},
+                    {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs}});
+    }
+    if (c.train.eval_every > 0 && (st.step % c.train.eval_every == 0 || st.step == c.train.max_steps)) {
+      student->eval();
+      log.log_val(st.step, validate_model(student, teachers, c, tok.identity()));
+      student->train();
+    }
+    if (c.train.save_every > 0 && st.step % c.train.save_every == 0 && st.step < c.train.max_steps) save();
+    if (c.train.stop_after > 0 && st.step == c.train.stop_after && st.step < c.train.max_steps) {
+      std::string ck = save();
+      log.message("stopped after step " + std::to_string(st.step) + " as asked (train.stop_after); resume with resume=true from " + ck);
+      return 0;
+    }
+  }
+
+  // ---- save
+  std::string ck = save();
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& p : student->named_parameters()) tensors[p.key()] = p.value().detach();
+  SaveOptions so;
+  so.dtype = parse_dtype(c.save_dtype, "key 'save_dtype'");
+  so.metadata = {{"bonsai.stage", "distill"}, {"bonsai.steps", std::to_string(st.step)}};
+  if (std::filesystem::exists(resolve_model(c.student)) && std::filesystem::is_directory(resolve_model(c.student)))
+    so.carry_tokenizer_from = resolve_model(c.student);
+  save_hf_checkpoint(c.output + "/student", student->config(), tensors, so);
+  log.message("done: " + std::to_string(st.step) + " steps, " + std::to_string(st.tokens_seen) + " tokens; checkpoint " +
+              ck + "; student " + c.output + "/student");
+  return 0;
+}
+
+}  // namespace bonsai

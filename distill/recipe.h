@@ -1,0 +1,37 @@
+// The distillation recipe (`distill --config X.yaml`, `bonsai distill`), which is also plain LM
+// training (`bonsai train`: no teacher, kd_weight 0) on the same trainer components.
+// Straight-line: set up (models, data, optimizer, resume), loop, save.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "distill/kd_loss.h"
+#include "train/train_config.h"
+
+namespace bonsai {
+
+struct DistillConfig {
+  std::string student;                   // HF dir, GGUF or known name: the student's weights (or shape)
+  std::string student_init = "pretrained";  // pretrained | random (the student's config, fresh weights)
+  std::vector<std::string> teachers;     // online teachers (HF dir, GGUF, name)
+  std::vector<double> teacher_weights;   // mixing weights, default equal
+  std::string teacher_dtype = "bf16";    // f32 | bf16: teachers are frozen and may run in bf16
+  std::vector<std::string> train_data;   // `bonsai data pack` outputs
+  std::vector<std::string> val_data;
+  std::string tokenizer;                 // tokenizer spec for the shard check (default: the student)
+  KdLossOptions loss;
+  TrainConfig train;
+  std::string output;                    // run directory
+  bool resume = false;                   // continue from output/checkpoints/latest
+  std::string save_dtype = "f32";        // dtype of the final student checkpoint (output/student)
+
+  void register_keys(ConfigSchema& s, bool with_teachers);
+  void validate(bool with_teachers) const;
+};
+
+// Runs the recipe; `resolved_yaml` (the config as resolved) is stored in every checkpoint.
+int run_distill(const DistillConfig& cfg, const std::string& resolved_yaml);
+
+}  // namespace bonsai

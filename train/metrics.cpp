@@ -1,0 +1,69 @@
+#include "train/metrics.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace bonsai {
+
+MetricsLogger::MetricsLogger(const std::string& run_dir, bool enabled, bool append)
+    : enabled_(enabled), start_(std::chrono::steady_clock::now()), tty_(::isatty(2)) {
+  if (!enabled_) return;
+  std::filesystem::create_directories(run_dir);
+  std::string path = run_dir + "/metrics.jsonl";
+  jsonl_ = std::fopen(path.c_str(), append ? "a" : "w");
+  if (jsonl_ == nullptr) throw Error("cannot write '" + path + "'", "check that the output directory is writable");
+  tb_ = std::make_unique<TbWriter>(run_dir + "/tb");
+}
+
+MetricsLogger::~MetricsLogger() {
+  if (jsonl_ != nullptr) std::fclose(jsonl_);
+  if (enabled_ && tty_) std::fputc('\n', stderr);
+}
+
+void MetricsLogger::write_json(int64_t step, const char* split, const std::map<std::string, double>& values) {
+  std::string line = "{\"step\":" + std::to_string(step) + ",\"split\":\"" + split + "\"";
+  char buf[64];
+  for (const auto& [k, v] : values) {
+    if (std::isfinite(v)) std::snprintf(buf, sizeof buf, "%.9g", v);
+    else std::snprintf(buf, sizeof buf, "\"%s\"", std::isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity"));
+    line += ",\"" + k + "\":" + buf;
+  }
+  line += "}\n";
+  std::fputs(line.c_str(), jsonl_);
+  std::fflush(jsonl_);
+  for (const auto& [k, v] : values) tb_->scalar(std::string(split) + "/" + k, v, step);
+  tb_->flush();
+}
+
+void MetricsLogger::log_train(int64_t step, int64_t max_steps, const std::map<std::string, double>& values) {
+  if (!enabled_) return;
+  write_json(step, "train", values);
+  if (first_step_ < 0) first_step_ = step - 1, start_ = std::chrono::steady_clock::now();
+  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  double per_step = el / std::max<int64_t>(1, step - first_step_);
+  double eta = per_step * (max_steps - step);
+  auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? 0.0 : it->second; };
+  std::fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %dm%02ds%s", tty_ ? "\r" : "",
+               static_cast<long>(step), static_cast<long>(max_steps), get("loss"), get("lr"), get("tokens_per_s"),
+               static_cast<int>(eta) / 60, static_cast<int>(eta) % 60, tty_ ? "   " : "\n");
+  std::fflush(stderr);
+}
+
+void MetricsLogger::log_val(int64_t step, const std::map<std::string, double>& values) {
+  if (!enabled_) return;
+  write_json(step, "val", values);
+  std::string s;
+  for (const auto& [k, v] : values) s += " " + k + " " + std::to_string(v);
+  message("validation at step " + std::to_string(step) + ":" + s);
+}
+
+void MetricsLogger::message(const std::string& line) {
+  if (!enabled_) return;
+  std::fprintf(stderr, "%s%s\n", tty_ ? "\n" : "", line.c_str());
+}
+
+}  // namespace bonsai
