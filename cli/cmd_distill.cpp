@@ -1,6 +1,7 @@
 // `bonsai distill` (and the `distill` entry point): train a student on teachers' distributions.
 // `bonsai train`: the same trainer with cross-entropy only (e.g. teacher correction).
 #include "cli/command.h"
+#include "distill/precompute.h"
 #include "distill/recipe.h"
 
 namespace bonsai {
@@ -27,6 +28,18 @@ std::unique_ptr<Command> make_training_command(CLI::App& app, const char* name, 
 
 std::unique_ptr<Command> make_distill_command(CLI::App& app) {
   return make_training_command(app, "distill", "Distill teachers into a student (KD + CE), resumable", true);
+}
+
+std::unique_ptr<Command> make_distill_precompute_command(CLI::App& distill_app) {
+  auto cmd = std::make_unique<Command>(distill_app, "precompute",
+                                       "Run a teacher once and store its top-k logits per token (offline distillation)");
+  auto cfg = std::make_shared<PrecomputeConfig>();
+  cfg->register_keys(cmd->schema());
+  cmd->option("--output,-o", "output", "output directory (topk.h5)");
+  cmd->option("--teacher", "teacher.model", "the teacher");
+  cmd->finish_help();
+  cmd->run = [cfg] { return run_precompute(*cfg); };
+  return cmd;
 }
 
 std::unique_ptr<Command> make_train_command(CLI::App& app) {

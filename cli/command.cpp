@@ -76,6 +76,7 @@ int bonsai_main(int argc, char** argv) {
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(make_export_command(app));
   commands.push_back(make_distill_command(app));
+  commands.push_back(make_distill_precompute_command(*commands.back()->app()));
   commands.push_back(make_train_command(app));
   commands.push_back(make_data_command(app));  // `data` with `data tokenize`
   commands.push_back(make_data_pack_command(*app.get_subcommand("data")));
@@ -101,21 +102,23 @@ int bonsai_main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  for (auto& c : commands) {
-    if (!c->app()->parsed()) continue;
-    try {
-      if (!c->resolve()) return 0;
-      return c->run();
-    } catch (const Error& e) {
-      print_error(c->name(), e.what(), e.hint());
-    } catch (const c10::Error& e) {
-      print_error(c->name(), e.what_without_backtrace(), "this is an error inside LibTorch; please report it with the command line");
-    } catch (const std::exception& e) {
-      print_error(c->name(), e.what(), "");
-    }
-    return 1;
+  // A nested command (distill precompute) marks its parent parsed too: run the deepest one.
+  auto depth = [](const CLI::App* a) { int d = 0; while ((a = a->get_parent()) != nullptr) ++d; return d; };
+  Command* chosen = nullptr;
+  for (auto& c : commands)
+    if (c->app()->parsed() && (chosen == nullptr || depth(c->app()) > depth(chosen->app()))) chosen = c.get();
+  if (chosen == nullptr) return 2;
+  try {
+    if (!chosen->resolve()) return 0;
+    return chosen->run();
+  } catch (const Error& e) {
+    print_error(chosen->name(), e.what(), e.hint());
+  } catch (const c10::Error& e) {
+    print_error(chosen->name(), e.what_without_backtrace(), "this is an error inside LibTorch; please report it with the command line");
+  } catch (const std::exception& e) {
+    print_error(chosen->name(), e.what(), "");
   }
-  return 2;
+  return 1;
 }
 
 }  // namespace bonsai

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace bonsai {
@@ -56,6 +57,18 @@ class Tokenizer {
   std::string pre_tokenizer_name() const;
   std::string chat_template() const;       // the model's Jinja chat template string, "" if unknown
   const std::string& source() const;       // the file it was loaded from
+
+  // The content in file form, for writers of other tokenizer formats (data/tokenizer_export.h);
+  // defined in data/tokenizer_export.cpp.
+  enum class TokenType : uint8_t { Missing, Normal, Special, Added };  // Added: user-defined, always matched
+  TokenType token_type(int32_t id) const;   // Missing for an id no token has (or out of range)
+  bool token_lstrip(int32_t id) const;      // HF AddedToken lstrip / rstrip flags
+  bool token_rstrip(int32_t id) const;
+  const std::vector<std::string>& split_patterns() const;  // pre-tokenizer regexes, applied in order
+  bool ignore_merges() const;  // a piece that is itself a token is emitted whole (Llama 3)
+  bool merges_by_rank() const;  // tiktoken: merge ranks are token ids, there is no explicit list
+  // Explicit merges (left id, right id) in rank order; empty when merges_by_rank().
+  const std::vector<std::pair<int32_t, int32_t>>& merges() const;
 
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;

@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "distill/precompute.h"
+#include "distill/topk_store.h"
 #include "model/checkpoint.h"
 #include "model/registry.h"
 #include "train/metrics.h"
@@ -50,10 +52,52 @@ std::vector<Teacher> load_teachers(const DistillConfig& c, const LlamaConfig& st
       throw Error("teacher '" + c.teachers[i] + "' has a vocabulary of " + std::to_string(vt) + ", the student " +
                   std::to_string(vs), "distillation needs the same tokenizer (vocabularies may differ only by padding)");
     }
-    double w = c.teacher_weights.empty() ? 1.0 / c.teachers.size() : c.teacher_weights[i];
+    double w = c.teacher_weights.empty() ? 1.0 / (c.teachers.size() + c.topk.size()) : c.teacher_weights[i];
     out.push_back({t, w});
   }
   return out;
+}
+
+// Offline teachers: the rows of a batch looked up by sample id.
+struct OfflineTeacher {
+  std::unique_ptr<TopKReader> reader;
+  double weight;
+};
+
+std::vector<OfflineTeacher> open_topk(const DistillConfig& c, const std::string& identity, const Loader& loader) {
+  std::vector<OfflineTeacher> out;
+  const size_t n_total = c.teachers.size() + c.topk.size();
+  for (size_t i = 0; i < c.topk.size(); ++i) {
+    auto r = std::make_unique<TopKReader>(c.topk[i]);
+    const auto& m = r->meta();
+    const std::string f = "top-k file '" + c.topk[i] + "'";
+    if (m.tokenizer_identity != identity) throw Error(f + " was computed with another tokenizer", "precompute it again for this data");
+    if (m.seq_len != c.train.seq_len)
+      throw Error(f + " has seq_len " + std::to_string(m.seq_len) + ", this run train.seq_len " + std::to_string(c.train.seq_len));
+    if (m.temperature != c.loss.temperature)
+      throw Error(f + " was computed at temperature " + std::to_string(m.temperature) + ", this run uses loss.temperature " +
+                  std::to_string(c.loss.temperature), "the top-k are tempered when stored: precompute at this run's temperature");
+    if (m.data_json != describe_data(loader.num_samples(), loader.total_tokens(), c.train.seq_len))
+      throw Error(f + " describes other data (" + m.data_json + ")", "precompute it on this run's data.train");
+    double w = c.topk_weights.empty() ? 1.0 / n_total : c.topk_weights[i];
+    out.push_back({std::move(r), w});
+  }
+  return out;
+}
+
+TopKTeacher read_topk(const OfflineTeacher& t, const Batch& b) {
+  const int64_t T = b.T, k = t.reader->meta().k;
+  auto v = torch::empty({b.B, T, k}, torch::kHalf);
+  auto idx = torch::empty({b.B, T, k}, torch::kInt);
+  auto lse = torch::empty({b.B, T}, torch::kFloat);
+  for (int64_t r = 0; r < b.B; ++r) {
+    if (b.sample_ids[r] >= static_cast<uint64_t>(t.reader->meta().n_samples))
+      throw Error("sample " + std::to_string(b.sample_ids[r]) + " is beyond the " + std::to_string(t.reader->meta().n_samples) +
+                  " samples of the top-k file", "precompute without topk.max_samples, or train fewer steps");
+    t.reader->read(b.sample_ids[r], reinterpret_cast<uint16_t*>(v[r].data_ptr<at::Half>()),
+                   reinterpret_cast<uint32_t*>(idx[r].data_ptr<int32_t>()), lse[r].data_ptr<float>());
+  }
+  return {v.view({-1, k}).to(torch::kFloat), idx.view({-1, k}).to(torch::kLong), lse.view(-1), t.weight};
 }
 
 struct StepResult {
@@ -62,8 +106,8 @@ struct StepResult {
 };
 
 // One micro-batch: forward both models, fused loss, backward (scaled for accumulation).
-StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const Batch& b, const DistillConfig& c,
-                      bool backward) {
+StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const std::vector<OfflineTeacher>& offline,
+                      const Batch& b, const DistillConfig& c, bool backward) {
   auto [input, labels] = to_tensors(b);
   std::vector<OnlineTeacher> online;
   {
@@ -79,13 +123,16 @@ StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const Batc
   so.compute_logits = false;
   so.checkpoint_layers = c.train.activation_checkpointing;
   torch::Tensor hs = student->forward(input, so).last_hidden;
-  auto parts = fused_kd_loss(hs.reshape({-1, hs.size(-1)}), student->output_weight(), labels.view(-1), online, {}, c.loss);
+  std::vector<TopKTeacher> topk;
+  for (const auto& t : offline) topk.push_back(read_topk(t, b));
+  auto parts = fused_kd_loss(hs.reshape({-1, hs.size(-1)}), student->output_weight(), labels.view(-1), online, topk, c.loss);
   if (backward) (parts.loss / static_cast<double>(c.train.grad_accum)).backward();
   return {parts.loss.item<double>(), parts.kd, parts.ce, parts.tokens};
 }
 
 std::map<std::string, double> validate_model(Llama& student, std::vector<Teacher>& teachers, const DistillConfig& c,
                                              const std::string& identity) {
+  // Validation uses the online teachers only (top-k files cover the training samples).
   LoaderOptions lo;
   lo.data = c.val_data;
   lo.tokenizer_identity = identity;
@@ -103,11 +150,11 @@ std::map<std::string, double> validate_model(Llama& student, std::vector<Teacher
   for (int64_t i = 0; i < c.train.eval_batches; ++i) {
     auto b = val.next();
     if (!b) break;
-    auto r = micro_step(student, teachers, *b, c, false);
+    auto r = micro_step(student, teachers, {}, *b, c, false);
     DistillConfig cc = c;
     cc.loss = ce_only;
     std::vector<Teacher> none;
-    ce += micro_step(student, none, *b, cc, false).ce;
+    ce += micro_step(student, none, {}, *b, cc, false).ce;
     loss += r.loss;
     ++n;
   }
@@ -124,6 +171,8 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
     s.add("teacher.models", &teachers, "online teachers (HF dir, GGUF or known name)");
     s.add("teacher.weights", &teacher_weights, "mixing weight of each teacher (default: equal)");
     s.add_choice("teacher.dtype", &teacher_dtype, {"f32", "bf16"}, "teacher compute dtype");
+    s.add("teacher.topk", &topk, "offline teachers: topk.h5 files from `bonsai distill precompute`");
+    s.add("teacher.topk_weights", &topk_weights, "mixing weight of each top-k file");
     s.add_choice("loss.kind", &loss.kind, {"fkl", "rkl", "jsd", "skew_fkl", "skew_rkl"}, "divergence");
     s.add("loss.temperature", &loss.temperature, "softmax temperature of both models");
     s.add("loss.kd_weight", &loss.kd_weight, "weight of KD; 1 - kd_weight goes to cross-entropy");
@@ -147,9 +196,12 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
 void DistillConfig::validate(bool with_teachers) const {
   train.validate();
   loss.validate();
-  if (with_teachers && teachers.empty() && loss.kd_weight > 0)
-    throw Error("key 'teacher.models' is empty but loss.kd_weight is " + std::to_string(loss.kd_weight),
+  if (with_teachers && teachers.empty() && topk.empty() && loss.kd_weight > 0)
+    throw Error("keys 'teacher.models' and 'teacher.topk' are empty but loss.kd_weight is " + std::to_string(loss.kd_weight),
                 "name at least one teacher, or set loss.kd_weight=0 for plain training");
+  if (!topk_weights.empty() && topk_weights.size() != topk.size())
+    throw Error("key 'teacher.topk_weights' has " + std::to_string(topk_weights.size()) + " entries for " +
+                std::to_string(topk.size()) + " top-k files");
   if (!teacher_weights.empty() && teacher_weights.size() != teachers.size())
     throw Error("key 'teacher.weights' has " + std::to_string(teacher_weights.size()) + " entries for " +
                 std::to_string(teachers.size()) + " teachers");
@@ -173,6 +225,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   lo.seq_len = c.train.seq_len;
   lo.seed = static_cast<uint64_t>(c.train.seed);
   Loader loader(lo);
+  std::vector<OfflineTeacher> offline = open_topk(c, tok.identity(), loader);
   auto opt = make_adamw(*student, c.train);
   TrainState st;
   if (c.resume) {
@@ -200,7 +253,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     for (int64_t m = 0; m < c.train.grad_accum; ++m) {
       auto b = loader.next();
       if (!b) throw Error("training data ran out at step " + std::to_string(st.step), "set fewer train.max_steps");
-      auto r = micro_step(student, teachers, *b, c, true);
+      auto r = micro_step(student, teachers, offline, *b, c, true);
       sum.loss += r.loss / c.train.grad_accum, sum.kd += r.kd / c.train.grad_accum, sum.ce += r.ce / c.train.grad_accum;
       sum.tokens += b->B * b->T;
     }

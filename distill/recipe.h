@@ -18,6 +18,8 @@ struct DistillConfig {
   std::vector<std::string> teachers;     // online teachers (HF dir, GGUF, name)
   std::vector<double> teacher_weights;   // mixing weights, default equal
   std::string teacher_dtype = "bf16";    // f32 | bf16: teachers are frozen and may run in bf16
+  std::vector<std::string> topk;         // offline teachers: topk.h5 files from `distill precompute`
+  std::vector<double> topk_weights;      // their mixing weights (default: equal with the online ones)
   std::vector<std::string> train_data;   // `bonsai data pack` outputs
   std::vector<std::string> val_data;
   std::string tokenizer;                 // tokenizer spec for the shard check (default: the student)
