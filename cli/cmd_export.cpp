@@ -8,6 +8,7 @@
 #include "core/strings.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "data/tokenizer_export.h"
 #include "model/checkpoint.h"
 #include "model/gguf_export.h"
 
@@ -38,6 +39,25 @@ void export_gguf(const ExportConfig& cfg, const Checkpoint& ck) {
   if (!tmpl.empty()) write_file_atomic(cfg.output + "/Modelfile", ollama_modelfile("model.gguf", tmpl));
 }
 
+// What the HF tokenizer files say beyond the tokenizer itself: context length, pad and unk tokens.
+HfTokenizerOptions tokenizer_options(const Checkpoint& ck) {
+  HfTokenizerOptions o;
+  o.model_max_length = ck.config.max_position_embeddings;
+  o.pad_id = static_cast<int32_t>(ck.config.pad_token_id.value_or(-1));
+  for (const auto& [k, v] : ck.gguf_tokenizer_kv)
+    if (k == "tokenizer.ggml.unknown_token_id") o.unk_id = static_cast<int32_t>(v.as_i64());
+  return o;
+}
+
+// Removes the tokenizer staging directory however the export ends.
+struct RemoveOnExit {
+  std::string path;
+  ~RemoveOnExit() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
 int run_export(const ExportConfig& cfg) {
   auto t0 = std::chrono::steady_clock::now();
   if (cfg.format == "gguf") {
@@ -55,7 +75,11 @@ int run_export(const ExportConfig& cfg) {
   SaveOptions opt;
   opt.dtype = dtype;
   opt.max_shard_bytes = shard;
-  opt.carry_tokenizer_from = ck.hf_dir;
+  // A GGUF (or an HF directory without tokenizer.json) gets HF tokenizer files written from its own.
+  RemoveOnExit staging{cfg.output + ".tokenizer.partial"};
+  std::string why;
+  opt.carry_tokenizer_from = stage_hf_tokenizer(ck.source, ck.hf_dir, staging.path, tokenizer_options(ck), why);
+  if (!why.empty()) std::fprintf(stderr, "warning: no tokenizer files written: %s\n", why.c_str());
   opt.generation_config = ck.generation_config;
   opt.metadata = {{"bonsai.source", ck.source}, {"bonsai.source_format", ck.format}};
   save_hf_checkpoint(cfg.output, ck.config, ck.tensors, opt);

@@ -54,7 +54,6 @@ namespace {
 // Commands of the pipeline that later work adds; named so that asking for one gets a clear answer
 // rather than a parse error.
 const char* planned_issue(const std::string& cmd) {
-  if (cmd == "prune") return "[Prune]";
   if (cmd == "align") return "[Align]";
   if (cmd == "eval") return "[Eval]";
   if (cmd == "generate" || cmd == "serve") return "[Runtime & export]";
@@ -75,6 +74,8 @@ int bonsai_main(int argc, char** argv) {
   app.footer("Run 'bonsai COMMAND --help' for a command's options and config keys.");
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(make_export_command(app));
+  commands.push_back(make_prune_command(app));
+  commands.push_back(make_generate_command(app));
   commands.push_back(make_distill_command(app));
   commands.push_back(make_distill_precompute_command(*commands.back()->app()));
   commands.push_back(make_train_command(app));

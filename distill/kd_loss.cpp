@@ -34,31 +34,30 @@ struct DivergenceGrad {
 };
 
 DivergenceGrad divergence(const KdLossOptions& o, const Tensor& logp, const Tensor& logq) {
-  Tensor p = logp.exp(), q = logq.exp();
+  // A or B left undefined means zero: fkl, the common case, then costs few passes over (c,V).
+  Tensor p = logp.exp();
   DivergenceGrad d;
   if (o.kind == "fkl") {
     d.loss = xlogy_diff(p, logp, logq);
-    d.A = torch::zeros_like(p);
     d.B = -p;
   } else if (o.kind == "rkl") {
+    Tensor q = logq.exp();
     d.loss = xlogy_diff(q, logq, logp);
     d.A = logq - logp + 1;
-    d.B = torch::zeros_like(p);
   } else if (o.kind == "jsd") {
+    Tensor q = logq.exp();
     Tensor logm = log_mix(o.beta, logp, logq);
     d.loss = o.beta * xlogy_diff(p, logp, logm) + (1 - o.beta) * xlogy_diff(q, logq, logm);
     d.A = (1 - o.beta) * (logq - logm);
-    d.B = torch::zeros_like(p);
   } else if (o.kind == "skew_fkl") {
     Tensor logm = log_mix(o.skew, logp, logq);
     d.loss = xlogy_diff(p, logp, logm);
-    d.A = torch::zeros_like(p);
     d.B = -(1 - o.skew) * (logp + logq - logm).exp();
   } else {  // skew_rkl
+    Tensor q = logq.exp();
     Tensor logm = log_mix(o.skew, logq, logp);
     d.loss = xlogy_diff(q, logq, logm);
     d.A = logq - logm + 1 - o.skew * (logq - logm).exp();
-    d.B = torch::zeros_like(p);
   }
   return d;
 }
@@ -81,20 +80,22 @@ Buckets offline_buckets(const TopKTeacher& t, const Tensor& logq_full, int64_t r
   return {torch::cat({logp_k, logp_tail}, 1), torch::cat({logq_k, logq_tail}, 1), idx, t.weight_in_mix};
 }
 
-// d(weighted divergence)/d(student tempered logits) for a chunk, (c,Vc).
-Tensor kd_grad(const Buckets& b, const DivergenceGrad& d, const Tensor& logq_full) {
-  Tensor q = logq_full.exp();
+// d(weighted divergence)/d(student tempered logits) for a chunk, (c,Vc): q * (g - <q,g>) with
+// q*g = q*A + r*B per bucket (see DivergenceGrad), written with as few (c,V) passes as possible.
+Tensor kd_grad(const Buckets& b, const DivergenceGrad& d, const Tensor& q) {
   if (!b.indices.defined()) {
-    Tensor qg = q * d.A + d.B;
+    Tensor qg = d.A.defined() ? q * d.A : Tensor();
+    if (d.B.defined()) qg = qg.defined() ? qg + d.B : d.B;
     return qg - q * qg.sum(-1, true);
   }
   const int64_t K = b.indices.size(1);
   Tensor Qb = b.logq.exp();
-  Tensor S = (Qb * d.A + d.B).sum(-1, true);  // sum_j q_j g_j
-  Tensor A_t = d.A.narrow(1, K, 1), B_t = d.B.narrow(1, K, 1), logQ_t = b.logq.narrow(1, K, 1);
-  Tensor ds = q * (A_t - S) + (logq_full - logQ_t).exp() * B_t;  // every id as if in the tail
+  Tensor A = d.A.defined() ? d.A : torch::zeros_like(Qb), B = d.B.defined() ? d.B : torch::zeros_like(Qb);
+  Tensor S = (Qb * A + B).sum(-1, true);  // sum_j q_j g_j
+  Tensor A_t = A.narrow(1, K, 1), B_t = B.narrow(1, K, 1), Q_t = Qb.narrow(1, K, 1);
+  Tensor ds = q * ((A_t - S) + B_t / Q_t.clamp_min(1e-35));  // every id as if in the tail
   Tensor qk = q.gather(1, b.indices);
-  Tensor top = qk * (d.A.narrow(1, 0, K) - S) + d.B.narrow(1, 0, K);
+  Tensor top = qk * (A.narrow(1, 0, K) - S) + B.narrow(1, 0, K);
   return ds.scatter(1, b.indices, top);
 }
 
@@ -110,11 +111,13 @@ Tensor chunk_grad(const Tensor& zs, const Tensor& labels, const Tensor& valid, c
   Tensor dz = torch::zeros_like(zs);
   if (o.kd_weight > 0 && (!online.empty() || !offline.empty())) {
     Tensor logq = torch::log_softmax(zs.narrow(1, 0, Vc) / tau, -1);
-    Tensor dkd = torch::zeros_like(logq);
+    Tensor q = logq.exp();
+    Tensor dkd;
     auto add = [&](const Buckets& b) {
       DivergenceGrad d = divergence(o, b.logp, b.logq);
       res.kd_sum += b.weight * (d.loss * valid).sum().item<double>();
-      dkd += b.weight * kd_grad(b, d, logq);
+      Tensor g = kd_grad(b, d, q);
+      dkd = dkd.defined() ? dkd.add_(g, b.weight) : g.mul_(b.weight);
     };
     for (const auto& t : online) add(online_buckets(t, logq, r0, c, Vc, tau));
     for (const auto& t : offline) add(offline_buckets(t, logq, r0, c));

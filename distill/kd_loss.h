@@ -35,7 +35,7 @@ struct KdLossOptions {
   double skew = 0.1;         // skew_fkl / skew_rkl
   double kd_weight = 1.0;    // 1 = pure KD, 0 = pure CE
   bool scale_by_t2 = true;
-  int64_t chunk_tokens = 1024;
+  int64_t chunk_tokens = 256;  // 256 x 128k-vocab fp32 = 128 MB per (c,V) temporary
   int64_t ignore_index = -100;
   void validate() const;
 };

@@ -17,7 +17,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 apt_pkgs=(build-essential cmake ninja-build ccache git pkg-config python3-venv
   libyaml-cpp-dev libhdf5-dev nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev libcli11-dev
   libfmt-dev libspdlog-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
-  clang libclang-rt-14-dev)
+  clang libclang-rt-14-dev time)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
