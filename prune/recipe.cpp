@@ -214,6 +214,14 @@ std::string report_md(const json& r, const PrunePlan& p, const UnitScores& score
 
 }  // namespace
 
+void write_check_logits(const std::string& student_dir, const std::string& out) {
+  Llama m = load_model(student_dir, torch::kFloat);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  torch::Tensor ids = at::randint(0, m->config().vocab_size, {2, 16}, gen, torch::kLong);
+  torch::NoGradGuard ng;
+  save_safetensors(out, {{"input_ids", ids}, {"logits", m->forward(ids).logits}});
+}
+
 void PruneConfig::register_keys(ConfigSchema& s) {
   s.add("teacher.model", &teacher, "the model to prune (HF directory, GGUF or known name)");
   s.add_choice("teacher.dtype", &teacher_dtype, {"f32", "bf16"}, "dtype the teacher and students run in");
@@ -334,14 +342,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
   so.generation_config = ck.generation_config;
   for (auto& [name, t] : best.tensors) t = t.cpu();
   save_hf_checkpoint(c.output + "/student", plan.student, best.tensors, so);
-  Llama saved = load_model(c.output + "/student", torch::kFloat);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  torch::Tensor ids = at::randint(0, plan.student.vocab_size, {2, 24}, gen, torch::kLong);
-  {
-    torch::NoGradGuard ng;
-    save_safetensors(c.output + "/check_logits.safetensors", {{"input_ids", ids}, {"logits", saved->forward(ids).logits}});
-  }
-  saved = nullptr;
+  write_check_logits(c.output + "/student", c.output + "/check_logits.safetensors");
 
   // ---- report
   report["calibration"]["loss_student"] = best.calib_loss;

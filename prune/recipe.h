@@ -48,4 +48,9 @@ struct PruneConfig {
 
 int run_prune(const PruneConfig& c, const std::string& resolved_yaml);
 
+// Loads the HF checkpoint `student_dir` with bonsai (fp32) and writes `out` (safetensors): fixed
+// input_ids (2 x 16, seeded, within the vocabulary) and bonsai's logits on them, for
+// scripts/ref/check_pruned_hf.py to compare with transformers.
+void write_check_logits(const std::string& student_dir, const std::string& out);
+
 }  // namespace bonsai
