@@ -6,6 +6,7 @@
 //   bonsai generate -m runs/smollm2-hf --prompt-file prompts.txt --json --temperature 0.7 --seed 1
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>

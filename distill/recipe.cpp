@@ -11,6 +11,7 @@
 #include "distill/topk_store.h"
 #include "model/checkpoint.h"
 #include "model/registry.h"
+#include "train/dist.h"
 #include "train/metrics.h"
 #include "train/optim.h"
 #include "train/train_state.h"
@@ -188,6 +189,7 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
   s.add("output", &output, "run directory (metrics.jsonl, tb/, checkpoints/, student/)");
   s.add("resume", &resume, "continue from output/checkpoints/latest");
   s.add_choice("save_dtype", &save_dtype, {"f32", "bf16", "f16"}, "dtype of the final student checkpoint");
+  s.add("dist.timeout_s", &dist_timeout_s, "seconds a collective may wait before the run fails (a rank died or hangs)");
   s.require("student.model", "give the student: student.model=PATH");
   s.require("data.train", "give training data: data.train=[DIR] (from bonsai data pack)");
   s.require("output", "give --output DIR");
@@ -209,12 +211,25 @@ void DistillConfig::validate(bool with_teachers) const {
     throw Error("key 'train.eval_every' is set but 'data.val' is empty", "give validation data or set train.eval_every=0");
 }
 
+// Fault injection for the multi-process tests: BONSAI_FAULT_RANK=r BONSAI_FAULT_STEP=s makes rank r
+// exit abruptly before step s, as a crashed node would.
+void maybe_inject_fault(const DistEnv& env, int64_t step) {
+  const char* r = std::getenv("BONSAI_FAULT_RANK");
+  const char* s = std::getenv("BONSAI_FAULT_STEP");
+  if (r && s && std::atoi(r) == env.rank && std::atoll(s) == step) std::_Exit(3);
+}
+
 int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   // ---- set up
+  const DistEnv env = dist_env_from_environment();
+  std::unique_ptr<DataParallel> dp;
+  if (env.world_size > 1) dp = std::make_unique<DataParallel>(env, torch::kCPU, std::chrono::seconds(c.dist_timeout_s));
+  const bool rank0 = env.rank == 0;
   torch::manual_seed(static_cast<uint64_t>(c.train.seed));
   Llama student = load_student(c);
   for (auto& p : student->parameters()) p.set_requires_grad(true);
   student->train();
+  if (dp) dp->broadcast_from_rank0(student->parameters());
   std::vector<Teacher> teachers = load_teachers(c, student->config());
   Tokenizer tok = Tokenizer::load(c.tokenizer.empty() ? resolve_model(c.student) : c.tokenizer);
   LoaderOptions lo;
@@ -224,6 +239,8 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   lo.batch_size = c.train.micro_batch;
   lo.seq_len = c.train.seq_len;
   lo.seed = static_cast<uint64_t>(c.train.seed);
+  lo.rank = env.rank;
+  lo.world_size = env.world_size;
   Loader loader(lo);
   std::vector<OfflineTeacher> offline = open_topk(c, tok.identity(), loader);
   auto opt = make_adamw(*student, c.train);
@@ -234,19 +251,27 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     st = load_train_checkpoint(*ck, student, *opt);
     loader.restore(LoaderState::from_json(st.loader_state, *ck + "/trainer_state.json"));
   }
-  MetricsLogger log(c.output, /*enabled=*/true, /*append=*/c.resume);
+  MetricsLogger log(c.output, /*enabled=*/rank0, /*append=*/c.resume);
   log.message("distill: student " + c.student + " (" + std::to_string(student->config().num_parameters() / 1000000) +
-              "M params), " + std::to_string(teachers.size()) + " teacher(s), from step " + std::to_string(st.step));
+              "M params), " + std::to_string(teachers.size()) + " teacher(s), " + std::to_string(env.world_size) +
+              " rank(s) (" + env.source + "), from step " + std::to_string(st.step));
   auto params = student->parameters();
+  // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
   auto save = [&] {
-    st.loader_state = loader.state().to_json();
-    st.rng_state = rng_state_hex();
-    st.extra = {{"config", resolved_yaml}};
-    return save_train_checkpoint(c.output, student, *opt, st, c.train.keep_last);
+    std::string where = c.output + "/checkpoints";
+    if (rank0) {
+      st.loader_state = loader.state().to_json();
+      st.rng_state = rng_state_hex();
+      st.extra = {{"config", resolved_yaml}, {"world_size", env.world_size}};
+      where = save_train_checkpoint(c.output, student, *opt, st, c.train.keep_last);
+    }
+    if (dp) dp->barrier();
+    return where;
   };
 
   // ---- loop
   while (st.step < c.train.max_steps) {
+    maybe_inject_fault(env, st.step + 1);
     auto t0 = Clock::now();
     opt->zero_grad();
     StepResult sum;
@@ -256,6 +281,12 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
       auto r = micro_step(student, teachers, offline, *b, c, true);
       sum.loss += r.loss / c.train.grad_accum, sum.kd += r.kd / c.train.grad_accum, sum.ce += r.ce / c.train.grad_accum;
       sum.tokens += b->B * b->T;
+    }
+    if (dp) {
+      dp->average_gradients(params);
+      auto m = dp->mean({sum.loss, sum.kd, sum.ce});
+      sum.loss = m[0], sum.kd = m[1], sum.ce = m[2];
+      sum.tokens *= env.world_size;
     }
     double gnorm = clip_grad_norm(params, c.train.grad_clip);
     if (!std::isfinite(sum.loss) || !std::isfinite(gnorm)) {
@@ -280,9 +311,12 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
                     {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs}});
     }
     if (c.train.eval_every > 0 && (st.step % c.train.eval_every == 0 || st.step == c.train.max_steps)) {
-      student->eval();
-      log.log_val(st.step, validate_model(student, teachers, c, tok.identity()));
-      student->train();
+      if (rank0) {  // the validation set is small and not sharded: rank 0 alone, the others wait
+        student->eval();
+        log.log_val(st.step, validate_model(student, teachers, c, tok.identity()));
+        student->train();
+      }
+      if (dp) dp->barrier();
     }
     if (c.train.save_every > 0 && st.step % c.train.save_every == 0 && st.step < c.train.max_steps) save();
     if (c.train.stop_after > 0 && st.step == c.train.stop_after && st.step < c.train.max_steps) {
@@ -294,6 +328,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
 
   // ---- save
   std::string ck = save();
+  if (!rank0) return 0;
   std::map<std::string, torch::Tensor> tensors;
   for (const auto& p : student->named_parameters()) tensors[p.key()] = p.value().detach();
   SaveOptions so;

@@ -28,6 +28,7 @@ struct DistillConfig {
   std::string output;                    // run directory
   bool resume = false;                   // continue from output/checkpoints/latest
   std::string save_dtype = "f32";        // dtype of the final student checkpoint (output/student)
+  int64_t dist_timeout_s = 600;          // a collective waiting longer fails the run (dead/hung rank)
 
   void register_keys(ConfigSchema& s, bool with_teachers);
   void validate(bool with_teachers) const;

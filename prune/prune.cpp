@@ -180,6 +180,11 @@ LlamaConfig student_config(const LlamaConfig& T, const PruneTarget& t) {
     throw Error("target.head_dim (" + num(s.head_dim) + ") does not divide the teacher's head_dim (" + num(T.head_dim) + ")",
                 "a pruned head keeps every (D/D')-th RoPE pair, which is a standard RoPE only when D' divides D "
                 "(e.g. " + num(T.head_dim) + " -> " + num(T.head_dim / 2) + ")");
+  if (s.hidden_size % s.num_attention_heads != 0)
+    throw Error("the student's hidden_size (" + num(s.hidden_size) + ") is not a multiple of its num_heads (" +
+                    num(s.num_attention_heads) + ")",
+                "transformers' LlamaConfig refuses such a config even with an explicit head_dim: choose "
+                "target.hidden_size and target.num_heads with hidden_size % num_heads == 0");
   if (t.tie == "tied") s.tie_word_embeddings = true;
   if (t.tie == "untied") s.tie_word_embeddings = false;
   s.validate("the student config");
@@ -290,7 +295,7 @@ PrunePlan make_plan(const LlamaConfig& T, const LlamaConfig& S, const std::vecto
   // With the weights scaled by sqrt(C/C'), eps * C/C' makes a channel that carries nothing drop out
   // exactly (rms over C' channels is sqrt(C/C') times rms over C, eps included).
   if (rescale_norms)
-    p.student.rms_norm_eps = T.rms_norm_eps * static_cast<double>(T.hidden_size) / static_cast<double>(S.hidden_size);
+    p.student.rms_norm_eps = T.rms_norm_eps;
   return p;
 }
 
@@ -387,6 +392,7 @@ std::vector<PruneTarget> budget_candidates(const LlamaConfig& T, const PruneTarg
       for (int64_t H : heads) {
         PruneTarget t = fixed;
         t.hidden_size = C, t.intermediate_size = I, t.num_heads = H, t.num_kv_heads = kv;
+        if (C % H != 0) continue;  // transformers refuses it (see student_config)
         const LlamaConfig s = student_config(T, t);
         const int64_t n = s.num_parameters();
         if (n >= lo && n <= params) found.emplace_back(params - n, t);

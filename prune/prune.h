@@ -113,7 +113,8 @@ std::vector<int64_t> rope_kept_dims(int64_t D, int64_t Dp);
 
 // Parameter-budget search: targets on a grid (hidden and MLP width at 1, 7/8, ..., 1/4 of the
 // teacher's, rounded down to a multiple of 64 (8 for widths under 512); query heads per group at 1,
-// 3/4, 1/2 of the teacher's) with the sizes `fixed` gives held, whose parameter count lies in
+// 3/4, 1/2 of the teacher's; shapes transformers refuses, hidden % heads != 0, left out) with the
+// sizes `fixed` gives held, whose parameter count lies in
 // [params * (1 - tolerance), params]; the `max_candidates` closest to the budget first. Throws
 // when none does, naming the nearest shapes.
 std::vector<PruneTarget> budget_candidates(const LlamaConfig& teacher, const PruneTarget& fixed, int64_t params,

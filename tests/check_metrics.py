@@ -3,6 +3,7 @@
 
     check_metrics.py RUN_DIR --pinned L1,L2,...  [--rtol R]   losses equal pinned values
     check_metrics.py RUN_DIR --same-as OTHER_RUN_DIR          losses bit-identical to another run
+    check_metrics.py RUN_DIR --close-to OTHER_RUN_DIR [--rtol R]  losses equal within rtol
     check_metrics.py RUN_DIR --tensorboard                    TensorBoard reads the same train/loss
 Exit status 0 only when every requested check holds.
 """
@@ -26,6 +27,7 @@ def main() -> int:
     ap.add_argument("--pinned")
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--same-as")
+    ap.add_argument("--close-to")
     ap.add_argument("--tensorboard", action="store_true")
     a = ap.parse_args()
     got = losses(a.run)
@@ -44,6 +46,12 @@ def main() -> int:
         other = losses(a.same_as)
         if other != got:
             print(f"FAIL: losses differ from {a.same_as}: {other}")
+            ok = False
+    if a.close_to:
+        other = losses(a.close_to)
+        if [s for s, _ in other] != [s for s, _ in got] or any(
+                not math.isclose(v, w, rel_tol=a.rtol) for (_, v), (_, w) in zip(got, other)):
+            print(f"FAIL: losses not within rtol {a.rtol} of {a.close_to}: {other}")
             ok = False
     if a.tensorboard:
         script = os.path.join(os.path.dirname(__file__), "..", "scripts", "ref", "read_tb_events.py")

@@ -1,0 +1,171 @@
+#include "train/dist.h"
+
+// The PyPI torch wheel exports c10d's Gloo backend but ships none of gloo's headers, which
+// ProcessGroupGloo.hpp includes; Debian's libgloo-dev provides them (scripts/setup.sh). This file
+// only constructs the process group and its Options: their layout is c10d's own (pointers and std
+// containers), so the older gloo declarations do not change what is built here.
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+
+#include "core/error.h"
+
+namespace bonsai {
+namespace {
+
+int env_int(const char* name, int def, bool* found = nullptr) {
+  const char* v = std::getenv(name);
+  if (found) *found = v != nullptr;
+  if (v == nullptr) return def;
+  try {
+    size_t used = 0;
+    int x = std::stoi(v, &used);
+    if (used != std::string(v).size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    throw Error(std::string("environment variable ") + name + "='" + v + "' is not an integer");
+  }
+}
+
+// Runs a collective and turns a timeout or a peer's death into one clear error.
+template <class F>
+void collective(const DistEnv& env, const std::string& what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + ": " + what +
+                    " failed: " + std::string(e.what()).substr(0, 300),
+                "another rank died or hangs (see its log); the last checkpoint is intact, resume with --resume");
+  }
+}
+
+}  // namespace
+
+std::string first_slurm_host(const std::string& list) {
+  std::string first = list.substr(0, list.find(','));
+  auto lb = list.find('[');
+  if (lb == std::string::npos || lb > list.find(',')) return first;
+  // "prefix[01-04,07]..." -> prefix + first number of the range, keeping its zero padding
+  std::string prefix = list.substr(0, lb);
+  size_t end = list.find_first_of("-,]", lb + 1);
+  return prefix + list.substr(lb + 1, end - lb - 1);
+}
+
+DistEnv dist_env_from_environment() {
+  DistEnv e;
+  bool has_rank = false, has_slurm = false;
+  e.rank = env_int("RANK", 0, &has_rank);
+  if (has_rank) {
+    e.world_size = env_int("WORLD_SIZE", 1);
+    e.local_rank = env_int("LOCAL_RANK", 0);
+    if (const char* a = std::getenv("MASTER_ADDR")) e.master_addr = a;
+    e.master_port = env_int("MASTER_PORT", 29500);
+    e.source = "torchrun";
+  } else {
+    e.rank = env_int("SLURM_PROCID", 0, &has_slurm);
+    if (has_slurm) {
+      e.world_size = env_int("SLURM_NTASKS", 1);
+      e.local_rank = env_int("SLURM_LOCALID", 0);
+      const char* nodes = std::getenv("SLURM_JOB_NODELIST");
+      if (const char* a = std::getenv("MASTER_ADDR")) e.master_addr = a;
+      else if (nodes) e.master_addr = first_slurm_host(nodes);
+      e.master_port = env_int("MASTER_PORT", 20000 + env_int("SLURM_JOB_ID", 0) % 20000);
+      e.source = "slurm";
+    }
+  }
+  if (e.world_size < 1 || e.rank < 0 || e.rank >= e.world_size)
+    throw Error("distributed environment: rank " + std::to_string(e.rank) + " is outside world size " +
+                std::to_string(e.world_size) + " (from " + e.source + " variables)");
+  return e;
+}
+
+struct DataParallel::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> pg;
+};
+
+DataParallel::DataParallel(const DistEnv& env, torch::Device device, std::chrono::milliseconds timeout)
+    : env_(env), impl_(std::make_unique<Impl>()) {
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(env.master_port);
+  so.isServer = env.rank == 0;
+  so.numWorkers = env.world_size;
+  so.timeout = timeout;
+  collective(env, "rendezvous at " + env.master_addr + ":" + std::to_string(env.master_port), [&] {
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  });
+  if (device.is_cuda()) {
+#ifdef USE_C10D_NCCL
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world_size, opts);
+#else
+    throw Error("this build has no NCCL support", "rebuild against a CUDA LibTorch");
+#endif
+  } else {
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    const bool loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+    opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                     : c10d::ProcessGroupGloo::createDefaultDevice());
+    collective(env, "creating the Gloo process group", [&] {
+      impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world_size, opts);
+    });
+  }
+}
+
+DataParallel::~DataParallel() = default;
+
+void DataParallel::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {
+  torch::NoGradGuard ng;
+  for (const auto& t : tensors) {
+    std::vector<at::Tensor> v{t.data()};
+    collective(env_, "broadcasting parameters", [&] { impl_->pg->broadcast(v, c10d::BroadcastOptions{})->wait(); });
+  }
+}
+
+void DataParallel::average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> bucket;
+  int64_t bytes = 0;
+  auto flush = [&] {
+    if (bucket.empty()) return;
+    std::vector<torch::Tensor> flat_views;
+    for (auto& g : bucket) flat_views.push_back(g.reshape(-1));
+    std::vector<at::Tensor> flat{torch::cat(flat_views)};
+    collective(env_, "averaging gradients", [&] { impl_->pg->allreduce(flat, c10d::AllreduceOptions{})->wait(); });
+    flat[0].div_(env_.world_size);
+    int64_t off = 0;
+    for (auto& g : bucket) {
+      g.copy_(flat[0].narrow(0, off, g.numel()).view_as(g));
+      off += g.numel();
+    }
+    bucket.clear();
+    bytes = 0;
+  };
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    bucket.push_back(p.grad());
+    bytes += p.grad().nbytes();
+    if (bytes >= bucket_bytes) flush();
+  }
+  flush();
+}
+
+std::vector<double> DataParallel::mean(const std::vector<double>& values) {
+  std::vector<at::Tensor> t{torch::tensor(values, torch::kDouble)};
+  collective(env_, "averaging metrics", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
+  t[0].div_(env_.world_size);
+  return std::vector<double>(t[0].data_ptr<double>(), t[0].data_ptr<double>() + values.size());
+}
+
+void DataParallel::barrier() {
+  std::vector<at::Tensor> t{torch::zeros({1})};
+  collective(env_, "barrier", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
+}
+
+}  // namespace bonsai
