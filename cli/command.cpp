@@ -35,7 +35,7 @@ void Command::finish_help() {
 bool Command::resolve() {
   YAML::Node root = load_config_yaml(config_path_);
   for (const auto& [key, value] : key_options_)
-    if (!value->empty()) apply_override(root, key + "=" + *value);
+    if (!value->empty()) set_literal(root, key, *value);  // flag values are text, never YAML
   for (const auto& [key, value] : key_flags_)
     if (*value) apply_override(root, key + "=true");
   for (const auto& o : overrides_) apply_override(root, o);
@@ -56,7 +56,7 @@ namespace {
 const char* planned_issue(const std::string& cmd) {
   if (cmd == "align") return "[Align]";
   if (cmd == "eval") return "[Eval]";
-  if (cmd == "generate" || cmd == "serve") return "[Runtime & export]";
+  if (cmd == "serve") return "[Runtime & export]";
   return nullptr;
 }
 

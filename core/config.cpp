@@ -228,6 +228,10 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   set_path(root, key, v);
 }
 
+void set_literal(YAML::Node& root, const std::string& key, const std::string& value) {
+  set_path(root, key, YAML::Node(value));
+}
+
 std::string yaml_to_string(const YAML::Node& node) {
   YAML::Emitter out;
   out << node;

@@ -52,6 +52,8 @@ YAML::Node load_config_yaml(const std::string& path);
 // Applies one "a.b.c=value" override. `value` is read as YAML when it starts with '[' or '{', as a
 // plain scalar otherwise (so paths with ':' stay strings).
 void apply_override(YAML::Node& root, const std::string& assignment);
+// Sets `key` to the plain string `value` (command-line flags: "--prompt '[INST] hi'" stays text).
+void set_literal(YAML::Node& root, const std::string& key, const std::string& value);
 std::string yaml_to_string(const YAML::Node& node);
 
 }  // namespace bonsai

@@ -189,6 +189,7 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
   s.add("output", &output, "run directory (metrics.jsonl, tb/, checkpoints/, student/)");
   s.add("resume", &resume, "continue from output/checkpoints/latest");
   s.add_choice("save_dtype", &save_dtype, {"f32", "bf16", "f16"}, "dtype of the final student checkpoint");
+  s.add("dist.zero", &zero, "0: every rank holds the whole optimizer state; 1: each holds 1/world (ZeRO-1)");
   s.add("dist.timeout_s", &dist_timeout_s, "seconds a collective may wait before the run fails (a rank died or hangs)");
   s.require("student.model", "give the student: student.model=PATH");
   s.require("data.train", "give training data: data.train=[DIR] (from bonsai data pack)");
@@ -207,6 +208,7 @@ void DistillConfig::validate(bool with_teachers) const {
   if (!teacher_weights.empty() && teacher_weights.size() != teachers.size())
     throw Error("key 'teacher.weights' has " + std::to_string(teacher_weights.size()) + " entries for " +
                 std::to_string(teachers.size()) + " teachers");
+  if (zero != 0 && zero != 1) throw Error("key 'dist.zero' must be 0 or 1, got " + std::to_string(zero), "ZeRO-2 is not built yet");
   if (train.eval_every > 0 && val_data.empty())
     throw Error("key 'train.eval_every' is set but 'data.val' is empty", "give validation data or set train.eval_every=0");
 }
@@ -243,12 +245,35 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   lo.world_size = env.world_size;
   Loader loader(lo);
   std::vector<OfflineTeacher> offline = open_topk(c, tok.identity(), loader);
-  auto opt = make_adamw(*student, c.train);
+  // ZeRO-1: each parameter is owned (updated, with its Adam state) by one rank, balanced by size;
+  // owners broadcast the updated values after every step.
+  std::map<std::string, int> owner;
+  if (dp && c.zero == 1) {
+    std::vector<int64_t> load(env.world_size, 0);
+    for (const auto& p : student->named_parameters()) {
+      int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      owner[p.key()] = r;
+      load[r] += p.value().numel();
+    }
+  }
+  auto opt = owner.empty() ? make_adamw(*student, c.train)
+                           : make_adamw(*student, c.train, [&](const std::string& n) { return owner.at(n) == env.rank; });
+  // ZeRO-1 shards: checkpoints/zero/step-N.rank-R.pt, written by every rank before rank 0 writes
+  // step-N, so a complete step-N always has its shards (resuming needs the same world size).
+  auto zero_file = [&](int64_t step) {
+    return c.output + "/checkpoints/zero/step-" + std::to_string(step) + ".rank-" + std::to_string(env.rank) + ".pt";
+  };
   TrainState st;
   if (c.resume) {
     auto ck = latest_checkpoint(c.output);
     if (!ck) throw Error("resume: no checkpoint in '" + c.output + "/checkpoints'", "run without resume=true first");
-    st = load_train_checkpoint(*ck, student, *opt);
+    st = load_train_checkpoint(*ck, student, *opt, /*load_optimizer=*/owner.empty());
+    if (!owner.empty()) {
+      const std::string f = zero_file(st.step);
+      if (!std::filesystem::exists(f))
+        throw Error("resume: no ZeRO-1 optimizer shard '" + f + "'", "resume with the world size and dist.zero the run was saved with");
+      torch::load(*opt, f);
+    }
     loader.restore(LoaderState::from_json(st.loader_state, *ck + "/trainer_state.json"));
   }
   MetricsLogger log(c.output, /*enabled=*/rank0, /*append=*/c.resume);
@@ -259,6 +284,13 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
   auto save = [&] {
     std::string where = c.output + "/checkpoints";
+    if (!owner.empty()) {  // each rank's optimizer shard
+      std::filesystem::create_directories(where + "/zero");
+      const std::string f = zero_file(st.step);
+      torch::save(*opt, f + ".tmp");
+      std::filesystem::rename(f + ".tmp", f);
+      dp->barrier();  // every shard is on disk before rank 0 declares the checkpoint complete
+    }
     if (rank0) {
       st.loader_state = loader.state().to_json();
       st.rng_state = rng_state_hex();
@@ -273,7 +305,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   while (st.step < c.train.max_steps) {
     maybe_inject_fault(env, st.step + 1);
     auto t0 = Clock::now();
-    opt->zero_grad();
+    student->zero_grad();  // all parameters: with ZeRO-1 the optimizer only knows its own
     StepResult sum;
     for (int64_t m = 0; m < c.train.grad_accum; ++m) {
       auto b = loader.next();
@@ -303,12 +335,16 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     double lr = lr_at(st.step, c.train);
     set_lr(*opt, lr);
     opt->step();
+    if (!owner.empty()) {
+      for (const auto& p : student->named_parameters()) dp->broadcast(p.value(), owner.at(p.key()));
+    }
     ++st.step;
     st.tokens_seen += sum.tokens;
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     if (st.step % c.train.log_every == 0 || st.step == c.train.max_steps) {
       log.log_train(st.step, c.train.max_steps, {{"loss", sum.loss}, {"kd", sum.kd}, {"ce", sum.ce}, {"lr", lr},
-                    {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs}});
+                    {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs},
+                    {"optimizer_state_mb_rank0", optimizer_state_bytes(*opt) / 1048576.0}});
     }
     if (c.train.eval_every > 0 && (st.step % c.train.eval_every == 0 || st.step == c.train.max_steps)) {
       if (rank0) {  // the validation set is small and not sharded: rank 0 alone, the others wait

@@ -164,6 +164,20 @@ torch::Tensor CalibStats::hidden_scores(const std::vector<int64_t>& layers) cons
   return s;
 }
 
+uint64_t batches_hash(const std::vector<torch::Tensor>& batches) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](int64_t v) {
+    for (int i = 0; i < 8; ++i, v >>= 8) h = (h ^ static_cast<uint64_t>(v & 0xff)) * 1099511628211ull;
+  };
+  for (const auto& b : batches) {
+    torch::Tensor t = b.to(torch::kCPU, torch::kLong).contiguous();
+    mix(t.size(0)), mix(t.size(1));
+    const int64_t* p = t.data_ptr<int64_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) mix(p[i]);
+  }
+  return h;
+}
+
 LossSum lm_loss(Llama& model, const torch::Tensor& batch, int64_t chunk) {
   check_batch(batch);
   torch::NoGradGuard ng;
@@ -208,7 +222,9 @@ CalibStats calibrate(Llama& teacher, const std::vector<torch::Tensor>& batches, 
     loss.nll += s.nll;
     loss.tokens += s.tokens;
   }
-  return col.finish(loss.mean());
+  CalibStats s = col.finish(loss.mean());
+  s.data_hash = batches_hash(batches);
+  return s;
 }
 
 torch::Tensor layer_drop_losses(const LlamaConfig& cfg, const std::map<std::string, torch::Tensor>& tensors,
@@ -244,6 +260,7 @@ void CalibStats::save(const std::string& path, const LlamaConfig& t) const {
   if (drop_loss.defined()) m["drop_loss"] = drop_loss;
   m["meta"] = torch::tensor({loss, static_cast<double>(sequences), static_cast<double>(tokens), static_cast<double>(span)},
                             torch::kDouble);
+  m["data_hash"] = torch::tensor({static_cast<int64_t>(data_hash)}, torch::kLong);
   m["shape"] = torch::tensor({t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers,
                               t.num_attention_heads, t.num_key_value_heads, t.head_dim}, torch::kLong);
   save_safetensors(path, m, {{"bonsai.kind", "prune-calibration"}});
@@ -267,6 +284,7 @@ CalibStats CalibStats::load(const std::string& path, const LlamaConfig& t) {
   s.sequences = static_cast<int64_t>(meta[1].item<double>());
   s.tokens = static_cast<int64_t>(meta[2].item<double>());
   s.span = static_cast<int64_t>(meta[3].item<double>());
+  s.data_hash = static_cast<uint64_t>(get("data_hash")[0].item<int64_t>());
   for (int64_t l = 0; l < s.num_layers; ++l) {
     const std::string i = "." + std::to_string(l);
     s.attn_channel.push_back(get("attn_channel" + i));

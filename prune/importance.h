@@ -27,6 +27,7 @@ struct CalibStats {
   int64_t num_layers = 0;
   int64_t sequences = 0, tokens = 0;
   double loss = 0;  // the teacher's mean next-token cross-entropy on the calibration tokens
+  uint64_t data_hash = 0;  // batches_hash of the calibration batches (says whether `loss` is reusable)
 
   // Activation scores (fp64, CPU), per layer unless noted.
   std::vector<torch::Tensor> attn_channel;  // (H*D): attn_out channels (head-major), before o_proj
@@ -62,6 +63,9 @@ struct CalibOptions {
 // Runs `teacher` over `batches` (each (B, T+1) int64 ids: inputs [:, :T], next-token labels
 // [:, 1:]) without grad and returns the statistics above.
 CalibStats calibrate(Llama& teacher, const std::vector<torch::Tensor>& batches, const CalibOptions& opt);
+
+// FNV-1a over the token ids and shapes of `batches`: identifies a calibration set.
+uint64_t batches_hash(const std::vector<torch::Tensor>& batches);
 
 struct LossSum {
   double nll = 0;

@@ -295,7 +295,7 @@ PrunePlan make_plan(const LlamaConfig& T, const LlamaConfig& S, const std::vecto
   // With the weights scaled by sqrt(C/C'), eps * C/C' makes a channel that carries nothing drop out
   // exactly (rms over C' channels is sqrt(C/C') times rms over C, eps included).
   if (rescale_norms)
-    p.student.rms_norm_eps = T.rms_norm_eps;
+    p.student.rms_norm_eps = T.rms_norm_eps * static_cast<double>(T.hidden_size) / static_cast<double>(S.hidden_size);
   return p;
 }
 

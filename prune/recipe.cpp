@@ -303,7 +303,11 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
     stats = calibrate(teacher, calib, {c.depth == "contiguous" ? T.num_hidden_layers - keep_layers : 0});
   } else {
     stats = CalibStats::load(c.scores_from, T);
-    stats.loss = mean_lm_loss(teacher, calib);  // the loaded loss may be of other calibration data
+    say("importance from " + c.scores_from + " (" + num(stats.sequences) + " calibration sequences)");
+    if (stats.data_hash != batches_hash(calib)) {  // scores of other data: this data's teacher loss
+      stats.loss = mean_lm_loss(teacher, calib);
+      stats.data_hash = batches_hash(calib);
+    }
   }
   if (c.depth == "loss" && !stats.drop_loss.defined()) {
     say("calibration loss with each of the " + num(T.num_hidden_layers) + " layers dropped");

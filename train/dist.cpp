@@ -128,6 +128,14 @@ void DataParallel::broadcast_from_rank0(const std::vector<torch::Tensor>& tensor
   }
 }
 
+void DataParallel::broadcast(const torch::Tensor& t, int root) {
+  torch::NoGradGuard ng;
+  std::vector<at::Tensor> v{t.data()};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  collective(env_, "broadcasting from rank " + std::to_string(root), [&] { impl_->pg->broadcast(v, o)->wait(); });
+}
+
 void DataParallel::average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
   torch::NoGradGuard ng;
   std::vector<torch::Tensor> bucket;

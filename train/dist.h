@@ -36,6 +36,7 @@ class DataParallel {
   int rank() const { return env_.rank; }
   int world_size() const { return env_.world_size; }
   void broadcast_from_rank0(const std::vector<torch::Tensor>& tensors);
+  void broadcast(const torch::Tensor& t, int root);
   // Averages gradients across ranks; buckets of about `bucket_bytes` are flattened and reduced together.
   void average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20);
   // The mean across ranks of a few scalars (for logging).

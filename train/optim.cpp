@@ -4,10 +4,12 @@
 
 namespace bonsai {
 
-std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg) {
+std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg,
+                                                const std::function<bool(const std::string&)>& owned) {
   std::vector<torch::Tensor> decay, no_decay;
   for (auto& p : model.named_parameters()) {
     const std::string& n = p.key();
+    if (owned && !owned(n)) continue;
     bool is_norm = p.value().dim() < 2;
     bool is_embedding = n.find("embed_tokens") != std::string::npos || n.find("lm_head") != std::string::npos;
     (is_norm || (is_embedding && !cfg.decay_embeddings) ? no_decay : decay).push_back(p.value());
@@ -31,6 +33,16 @@ double lr_at(int64_t step, const TrainConfig& c) {
   const double decay_start = 1.0 - c.decay_fraction;
   if (t <= decay_start) return c.lr;
   return c.lr + (min_lr - c.lr) * (t - decay_start) / c.decay_fraction;
+}
+
+int64_t optimizer_state_bytes(torch::optim::Optimizer& opt) {
+  int64_t bytes = 0;
+  for (auto& [key, state] : opt.state()) {
+    auto& s = static_cast<torch::optim::AdamWParamState&>(*state);
+    bytes += s.exp_avg().defined() ? s.exp_avg().nbytes() : 0;
+    bytes += s.exp_avg_sq().defined() ? s.exp_avg_sq().nbytes() : 0;
+  }
+  return bytes;
 }
 
 void set_lr(torch::optim::Optimizer& opt, double lr) {

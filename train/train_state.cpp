@@ -94,7 +94,7 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
   return (root / name).string();
 }
 
-TrainState load_train_checkpoint(const std::string& dir, Llama& model, torch::optim::Optimizer& opt) {
+TrainState load_train_checkpoint(const std::string& dir, Llama& model, torch::optim::Optimizer& opt, bool load_optimizer) {
   const std::string state_path = dir + "/trainer_state.json";
   std::ifstream in(state_path);
   if (!in) throw Error("cannot read '" + state_path + "'", "is this a bonsai training checkpoint directory?");
@@ -108,7 +108,7 @@ TrainState load_train_checkpoint(const std::string& dir, Llama& model, torch::op
     torch::NoGradGuard ng;
     for (auto& p : model->named_parameters()) p.value().copy_(ck.tensors.at(p.key()));
   }
-  torch::load(opt, dir + "/optimizer.pt");
+  if (load_optimizer) torch::load(opt, dir + "/optimizer.pt");
   TrainState st;
   st.step = j.at("step").get<int64_t>();
   st.tokens_seen = j.at("tokens_seen").get<int64_t>();

@@ -34,7 +34,9 @@ std::string save_train_checkpoint(const std::string& run_dir, Llama& model, torc
 // The newest complete checkpoint directory, if any.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
 // Restores model weights (copied into the existing parameters), optimizer state and TrainState.
-TrainState load_train_checkpoint(const std::string& ckpt_dir, Llama& model, torch::optim::Optimizer& opt);
+// With load_optimizer false the optimizer is left alone (ZeRO-1 ranks load their own shard).
+TrainState load_train_checkpoint(const std::string& ckpt_dir, Llama& model, torch::optim::Optimizer& opt,
+                                 bool load_optimizer = true);
 
 std::string rng_state_hex();
 void set_rng_state_hex(const std::string& hex, const std::string& where);
