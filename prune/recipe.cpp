@@ -20,9 +20,19 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-void say(const std::string& msg) { std::fprintf(stderr, "prune: %s\n", msg.c_str()); }
+// Progress on stderr, with the seconds since the start (the stages of a large run take minutes).
+void say(const std::string& msg) {
+  static const auto start = Clock::now();
+  std::fprintf(stderr, "prune [%6.1f s] %s\n", std::chrono::duration<double>(Clock::now() - start).count(), msg.c_str());
+}
 
 std::string num(int64_t v) { return std::to_string(v); }
+
+std::string fmt(double v, int prec = 4) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+  return buf;
+}
 
 // Rows of T + 1 tokens from `bonsai data pack` shards.
 struct DataSpec {
@@ -171,12 +181,6 @@ double kept_share(const torch::Tensor& s, const std::vector<int64_t>& kept) {
   return total > 0 ? s.index_select(0, torch::tensor(kept, torch::kLong)).sum().item<double>() / total : 0.0;
 }
 
-std::string fmt(double v, int prec = 4) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", prec, v);
-  return buf;
-}
-
 std::string report_md(const json& r, const PrunePlan& p, const UnitScores& scores, const CalibStats& stats) {
   std::string md = "# bonsai prune report\n\n";
   md += "Teacher: `" + r["teacher"]["model"].get<std::string>() + "` (" + shape_summary(p.teacher) + "), " +
@@ -314,6 +318,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
     stats.drop_loss = layer_drop_losses(T, tensors, calib, dev);
   }
   stats.save(c.output + "/importance.safetensors", T);
+  say("teacher calibration loss " + fmt(stats.loss));
   json report = {{"teacher", {{"model", c.teacher}, {"config", T.to_json()}, {"params", T.num_parameters()}}}};
   report["calibration"] = {{"sequences", stats.sequences}, {"tokens", stats.tokens}, {"seq_len", c.calib_seq_len},
                            {"loss_teacher", stats.loss},
@@ -324,6 +329,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
     if (c.eval_teacher) {
       const double l = mean_lm_loss(teacher, eval);
       report["eval"]["loss_teacher"] = l, report["eval"]["ppl_teacher"] = std::exp(l);
+      say("teacher held-out perplexity " + fmt(std::exp(l), 2));
     }
   }
   teacher = nullptr;  // frees a device copy
@@ -347,6 +353,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
   for (auto& [name, t] : best.tensors) t = t.cpu();
   save_hf_checkpoint(c.output + "/student", plan.student, best.tensors, so);
   write_check_logits(c.output + "/student", c.output + "/check_logits.safetensors");
+  say("saved " + c.output + "/student");
 
   // ---- report
   report["calibration"]["loss_student"] = best.calib_loss;
@@ -354,6 +361,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
     Llama student = make_model(plan.student, best.tensors, dev, "pruned student");
     const double l = mean_lm_loss(student, eval);
     report["eval"]["loss_student"] = l, report["eval"]["ppl_student"] = std::exp(l);
+    say("student held-out perplexity " + fmt(std::exp(l), 2));
   }
   report["student"] = {{"path", c.output + "/student"}, {"config", plan.student.to_json()}, {"params", plan.student.num_parameters()}};
   report["methods"] = {{"width", c.width}, {"depth", c.depth}, {"seed", c.seed}, {"norm_rescale", c.norm_rescale},
