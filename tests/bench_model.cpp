@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/process.h"
 #include "model/checkpoint.h"
+#include "runtime/engine.h"
 
 namespace {
 
@@ -79,6 +80,33 @@ int bench_forward(const std::string& model_path, int64_t T, const std::string& d
   return 0;
 }
 
+// Decode throughput through the runtime: `batch` sequences of a 16-token prompt, `n` new tokens each
+// (greedy, EOS ignored). Prefill is timed separately; weights bytes read per decode step give GB/s.
+int bench_decode(const std::string& model_path, int64_t batch, int64_t n, const std::string& dtype, int64_t prompt_len) {
+  auto model = bonsai::load_model(model_path, bonsai::parse_dtype(dtype, "--dtype"));
+  int64_t weight_bytes = 0;
+  for (const auto& p : model->parameters()) weight_bytes += p.nbytes();
+  bonsai::Engine engine(bonsai::make_torch_backend(model));
+  std::vector<bonsai::GenerationRequest> reqs;
+  for (int64_t b = 0; b < batch; ++b) {
+    bonsai::GenerationRequest r;
+    for (int64_t i = 0; i < prompt_len; ++i) r.prompt.push_back(static_cast<int32_t>((17 * (i + 1) + 31 * b) % 1000 + 100));
+    r.sampling.max_tokens = n;
+    r.sampling.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  engine.generate({reqs[0]});  // warm-up
+  engine.generate(reqs);
+  const auto& st = engine.last_stats();
+  double decode_tps = (st.generated_tokens - batch) / st.decode_s;  // the first token comes from prefill
+  double steps_per_s = st.decode_steps / st.decode_s;
+  std::printf("{\"what\":\"bonsai decode\",\"dtype\":\"%s\",\"batch\":%ld,\"threads\":%d,\"decode_tokens_per_s\":%.1f,"
+              "\"prefill_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.2f}\n",
+              dtype.c_str(), static_cast<long>(batch), at::get_num_threads(), decode_tps, st.prompt_tokens / st.prefill_s,
+              steps_per_s * weight_bytes / 1e9);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,6 +119,9 @@ int main(int argc, char** argv) {
     std::string what = argv[1];
     int repeat = std::stoi(arg(argc, argv, "--repeat", "5"));
     if (what == "load") return bench_load(argv[2], repeat);
+    if (what == "decode")
+      return bench_decode(argv[2], std::stoll(arg(argc, argv, "--batch", "1")), std::stoll(arg(argc, argv, "--tokens", "64")),
+                          arg(argc, argv, "--dtype", "f32"), std::stoll(arg(argc, argv, "--prompt", "16")));
     if (what == "forward")
       return bench_forward(argv[2], std::stoll(arg(argc, argv, "--tokens", "512")), arg(argc, argv, "--dtype", "f32"), repeat);
     std::fprintf(stderr, "unknown benchmark '%s'\n", what.c_str());
