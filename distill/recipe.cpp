@@ -1,5 +1,7 @@
 #include "distill/recipe.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -101,6 +103,21 @@ TopKTeacher read_topk(const OfflineTeacher& t, const Batch& b) {
   return {v.view({-1, k}).to(torch::kFloat), idx.view({-1, k}).to(torch::kLong), lse.view(-1), t.weight};
 }
 
+// Enables CPU autocast to bf16 for its lifetime (and clears the cast-weight cache on exit).
+struct AutocastScope {
+  bool on;
+  explicit AutocastScope(bool enable) : on(enable) {
+    if (!on) return;
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+  }
+  ~AutocastScope() {
+    if (!on) return;
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+  }
+};
+
 struct StepResult {
   double loss = 0, kd = 0, ce = 0;
   int64_t tokens = 0;
@@ -123,7 +140,13 @@ StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const std:
   ForwardOptions so;
   so.compute_logits = false;
   so.checkpoint_layers = c.train.activation_checkpointing;
-  torch::Tensor hs = student->forward(input, so).last_hidden;
+  torch::Tensor hs;
+  {
+    // bf16 compute: autocast runs the matmuls in bf16 while the parameters (master weights) and
+    // Adam state stay fp32; the fused loss upcasts to fp32 itself.
+    AutocastScope autocast(c.train.compute_dtype == "bf16");
+    hs = student->forward(input, so).last_hidden;
+  }
   std::vector<TopKTeacher> topk;
   for (const auto& t : offline) topk.push_back(read_topk(t, b));
   auto parts = fused_kd_loss(hs.reshape({-1, hs.size(-1)}), student->output_weight(), labels.view(-1), online, topk, c.loss);
