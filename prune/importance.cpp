@@ -26,13 +26,22 @@ void add_sum_sq(torch::Tensor& acc, const torch::Tensor& x) {
   acc = acc.defined() ? acc + s : s;
 }
 
-// Energy of each RoPE pair (i, i + D/2) of x (B, heads, T, D), summed over B and T: (heads, D/2).
-// RoPE rotates within a pair, so this is the same before and after it.
-void add_pair_energy(torch::Tensor& acc, const torch::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  torch::Tensor f = x.to(torch::kFloat);
-  torch::Tensor e = (f.narrow(-1, 0, half).pow(2) + f.narrow(-1, half, half).pow(2)).sum(std::vector<int64_t>{0, 2}).to(torch::kDouble);
-  acc = acc.defined() ? acc + e : e;
+// Per head h: sum over sequences of (mean over tokens of ||attn_out_h . o_proj[:, h]^T||_2)^2, i.e.
+// the norm of what the head adds to the residual stream. a is (B, T, H*D), o (C, H*D). Heads are
+// done a few at a time as one batched matmul, so the (heads, B*T, C) product stays near 64M values.
+void add_head_contrib(torch::Tensor& acc, const torch::Tensor& a, const torch::Tensor& o, int64_t H) {
+  const int64_t B = a.size(0), T = a.size(1), D = a.size(2) / H, C = o.size(0);
+  torch::Tensor ah = a.reshape({B * T, H, D}).transpose(0, 1);  // (H, BT, D)
+  torch::Tensor oh = o.view({C, H, D}).permute({1, 2, 0});       // (H, D, C)
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 26) / std::max<int64_t>(1, B * T * C));
+  std::vector<torch::Tensor> parts;
+  for (int64_t h = 0; h < H; h += chunk) {
+    const int64_t n = std::min(chunk, H - h);
+    torch::Tensor y = torch::bmm(ah.narrow(0, h, n), oh.narrow(0, h, n));  // (n, BT, C)
+    parts.push_back(y.to(torch::kFloat).norm(2, -1).view({n, B, T}).mean(2).to(torch::kDouble).pow(2).sum(1));
+  }
+  torch::Tensor s = torch::cat(parts);
+  acc = acc.defined() ? acc + s : s;
 }
 
 // Sum over tokens of cos(a, b) along the hidden dimension.
@@ -48,9 +57,10 @@ torch::Tensor cpu(const torch::Tensor& t) { return t.defined() ? t.to(torch::kCP
 // The trace hook's target: one call per named activation (see model/llama.h for the order).
 class Collector {
  public:
-  Collector(const LlamaConfig& c, int64_t span)
-      : L_(c.num_hidden_layers), span_(span), attn_(L_), neuron_(L_), norm_out_(2 * L_ + 1), norm_in_(2 * L_ + 1),
-        q_(L_), k_(L_), bi_sum_(L_, 0.0), span_sum_(span > 0 ? L_ - span + 1 : 0, 0.0) {}
+  Collector(const LlamaConfig& c, std::vector<torch::Tensor> o_proj, int64_t span)
+      : L_(c.num_hidden_layers), H_(c.num_attention_heads), span_(span), o_proj_(std::move(o_proj)), attn_(L_),
+        contrib_(L_), neuron_(L_), norm_out_(2 * L_ + 1), norm_in_(2 * L_ + 1), bi_sum_(L_, 0.0),
+        span_sum_(span > 0 ? L_ - span + 1 : 0, 0.0) {}
 
   void on(int64_t l, const std::string& name, const torch::Tensor& t) {
     if (name == "embed") {
@@ -63,12 +73,9 @@ class Collector {
     } else if (name == "attn_norm") {
       add_channel_score(norm_out_[2 * l], t);
       add_sum_sq(norm_in_[2 * l], x_in_);
-    } else if (name == "q") {
-      add_pair_energy(q_[l], t);
-    } else if (name == "k") {
-      add_pair_energy(k_[l], t);
     } else if (name == "attn_out") {
       add_channel_score(attn_[l], t);
+      add_head_contrib(contrib_[l], t, o_proj_[l], H_);
     } else if (name == "attn_proj") {
       add_sum_sq(norm_in_[2 * l + 1], x_in_ + t);  // the ffn norm's input, as the block computes it
     } else if (name == "ffn_norm") {
@@ -98,8 +105,7 @@ class Collector {
     for (int64_t l = 0; l < L_; ++l) {
       s.attn_channel.push_back(cpu(attn_[l]).sqrt());
       s.neuron.push_back(cpu(neuron_[l]).sqrt());
-      s.q_pair_ms.push_back(cpu(q_[l]) / n);
-      s.k_pair_ms.push_back(cpu(k_[l]) / n);
+      s.head_contrib.push_back(cpu(contrib_[l]).sqrt());
     }
     for (int64_t i = 0; i <= 2 * L_; ++i) {
       s.norm_out.push_back(cpu(norm_out_[i]).sqrt());
@@ -121,8 +127,9 @@ class Collector {
     if (static_cast<int64_t>(history_.size()) == span_ + 1) span_sum_[pushed_ - 1 - span_] += cos_sum(history_.front(), h);
   }
 
-  int64_t L_, span_;
-  std::vector<torch::Tensor> attn_, neuron_, norm_out_, norm_in_, q_, k_;
+  int64_t L_, H_, span_;
+  std::vector<torch::Tensor> o_proj_;  // each layer's o_proj weight (for the head contributions)
+  std::vector<torch::Tensor> attn_, contrib_, neuron_, norm_out_, norm_in_;
   std::vector<double> bi_sum_, span_sum_;
   int64_t sequences_ = 0, tokens_ = 0, pushed_ = 0;
   torch::Tensor x_in_;  // the current layer's input
@@ -206,7 +213,9 @@ CalibStats calibrate(Llama& teacher, const std::vector<torch::Tensor>& batches, 
                 std::to_string(c.num_hidden_layers) + "]");
   torch::NoGradGuard ng;
   teacher->eval();
-  Collector col(c, opt.span);
+  std::vector<torch::Tensor> o_proj;
+  for (const auto& l : teacher->layers()) o_proj.push_back(l.o->weight);
+  Collector col(c, o_proj, opt.span);
   TraceFn fn = [&col](int64_t layer, const char* name, const torch::Tensor& t) { col.on(layer, name, t); };
   ForwardOptions fo;
   fo.compute_logits = false;
@@ -253,8 +262,7 @@ void CalibStats::save(const std::string& path, const LlamaConfig& t) const {
   put("neuron", neuron);
   put("norm_out", norm_out);
   put("norm_in_ms", norm_in_ms);
-  put("q_pair_ms", q_pair_ms);
-  put("k_pair_ms", k_pair_ms);
+  put("head_contrib", head_contrib);
   m["block_importance"] = block_importance;
   if (span > 0) m["span_cos"] = span_cos;
   if (drop_loss.defined()) m["drop_loss"] = drop_loss;
@@ -289,8 +297,7 @@ CalibStats CalibStats::load(const std::string& path, const LlamaConfig& t) {
     const std::string i = "." + std::to_string(l);
     s.attn_channel.push_back(get("attn_channel" + i));
     s.neuron.push_back(get("neuron" + i));
-    s.q_pair_ms.push_back(get("q_pair_ms" + i));
-    s.k_pair_ms.push_back(get("k_pair_ms" + i));
+    s.head_contrib.push_back(get("head_contrib" + i));
   }
   for (int64_t i = 0; i <= 2 * s.num_layers; ++i) {
     s.norm_out.push_back(get("norm_out." + std::to_string(i)));

@@ -56,23 +56,12 @@ double norm_factor(const torch::Tensor& ms, const std::vector<int64_t>& hidden) 
   return std::sqrt(static_cast<double>(C) / static_cast<double>(Cp) * r);
 }
 
-// q-row multiplier of teacher head h in layer l when head_dim shrinks (see prune.h).
-double q_factor(const CalibStats& s, int64_t l, int64_t h, int64_t group, const std::vector<int64_t>& qk_dims,
-                int64_t D, int64_t Dp) {
-  torch::Tensor m = (s.q_pair_ms.at(l)[h] * s.k_pair_ms.at(l)[h / group]).sqrt();  // (D/2)
-  std::vector<int64_t> pairs(qk_dims.begin(), qk_dims.begin() + Dp / 2);
-  const double total = m.sum().item<double>();
-  const double kept = m.index_select(0, index_tensor(pairs)).sum().item<double>();
-  const double base = std::sqrt(static_cast<double>(Dp) / static_cast<double>(D));
-  return total > 0 && kept > 0 ? base / (kept / total) : base;
-}
-
 // Heads of one layer: whole KV groups by summed score, query heads within each group, v dims per
 // kept group from its kept heads' channel scores.
 void select_attention(PrunePlan& p, int64_t l, const UnitScores& scores) {
   const LlamaConfig &T = p.teacher, &S = p.student;
   const int64_t D = T.head_dim, Dp = S.head_dim, n = T.kv_group_size(), np = S.kv_group_size();
-  torch::Tensor head = scores.heads(l, D);
+  const torch::Tensor& head = scores.head.at(l);
   torch::Tensor channel = scores.attn_channel.at(l).view({T.num_attention_heads, D});
   std::vector<int64_t> groups = top_sorted(head.view({T.num_key_value_heads, n}).sum(1), S.num_key_value_heads);
   std::vector<int64_t> heads;
@@ -95,20 +84,17 @@ void slice_attention(const PrunePlan& p, size_t i, const std::map<std::string, t
   const int64_t D = p.teacher.head_dim, np = p.student.kv_group_size();
   const std::string src = layer_prefix(p.layers[i]) + "self_attn.", dst = layer_prefix(static_cast<int64_t>(i)) + "self_attn.";
   std::vector<int64_t> q_rows, k_rows, v_rows, o_cols;
-  std::vector<double> q_row_scale;
   for (size_t j = 0; j < p.heads[i].size(); ++j) {
     const int64_t h = p.heads[i][j];
-    for (int64_t d : p.qk_dims) q_rows.push_back(h * D + d), q_row_scale.push_back(p.q_scale[i][j]);
+    for (int64_t d : p.qk_dims) q_rows.push_back(h * D + d);
     for (int64_t d : p.v_dims[i][j / np]) o_cols.push_back(h * D + d);
   }
   for (size_t g = 0; g < p.kv_heads[i].size(); ++g) {
     for (int64_t d : p.qk_dims) k_rows.push_back(p.kv_heads[i][g] * D + d);
     for (int64_t d : p.v_dims[i][g]) v_rows.push_back(p.kv_heads[i][g] * D + d);
   }
-  torch::Tensor q = get(t, src + "q_proj.weight").index_select(0, index_tensor(q_rows)).index_select(1, hc);
-  bool rescale_q = std::any_of(q_row_scale.begin(), q_row_scale.end(), [](double s) { return s != 1.0; });
-  if (rescale_q) q = (q.to(torch::kFloat) * torch::tensor(q_row_scale, torch::kDouble).to(torch::kFloat).unsqueeze(1)).to(q.scalar_type());
-  out[dst + "q_proj.weight"] = q;
+  out[dst + "q_proj.weight"] =
+      scaled(get(t, src + "q_proj.weight").index_select(0, index_tensor(q_rows)).index_select(1, hc), p.q_scale);
   out[dst + "k_proj.weight"] = get(t, src + "k_proj.weight").index_select(0, index_tensor(k_rows)).index_select(1, hc);
   out[dst + "v_proj.weight"] = get(t, src + "v_proj.weight").index_select(0, index_tensor(v_rows)).index_select(1, hc);
   out[dst + "o_proj.weight"] = get(t, src + "o_proj.weight").index_select(0, hc).index_select(1, index_tensor(o_cols));
@@ -197,11 +183,27 @@ torch::Tensor UnitScores::hidden(const std::vector<int64_t>& layers) const {
   return s;
 }
 
-torch::Tensor UnitScores::heads(int64_t layer, int64_t head_dim) const {
-  return attn_channel.at(layer).view({-1, head_dim}).norm(2, 1);
+namespace {
+
+// (H) per layer: the L2 norm of each head's channel scores.
+std::vector<torch::Tensor> heads_from_channels(const std::vector<torch::Tensor>& attn_channel, int64_t head_dim) {
+  std::vector<torch::Tensor> out;
+  for (const auto& a : attn_channel) out.push_back(a.view({-1, head_dim}).norm(2, 1));
+  return out;
 }
 
-UnitScores activation_scores(const CalibStats& s) { return {s.attn_channel, s.neuron, s.norm_out}; }
+}  // namespace
+
+UnitScores activation_scores(const CalibStats& s, const std::string& heads) {
+  if (heads != "contribution" && heads != "attn_out")
+    throw Error("unknown head score '" + heads + "'", "use contribution or attn_out");
+  UnitScores u{s.head_contrib, s.attn_channel, s.neuron, s.norm_out};
+  if (heads == "attn_out") {
+    const int64_t H = s.head_contrib.at(0).size(0);
+    u.head = heads_from_channels(s.attn_channel, s.attn_channel.at(0).size(0) / H);
+  }
+  return u;
+}
 
 UnitScores magnitude_scores(const LlamaConfig& c, const std::map<std::string, torch::Tensor>& t) {
   UnitScores u;
@@ -224,6 +226,7 @@ UnitScores magnitude_scores(const LlamaConfig& c, const std::map<std::string, to
   }
   torch::Tensor out = c.tie_word_embeddings ? w("model.embed_tokens.weight") : w("lm_head.weight");
   u.hidden_site.push_back((sq_cols(w("model.embed_tokens.weight")) + sq_cols(out * w("model.norm.weight"))).sqrt());
+  u.head = heads_from_channels(u.attn_channel, D);
   return u;
 }
 
@@ -238,6 +241,7 @@ UnitScores random_scores(const LlamaConfig& c, uint64_t seed) {
     u.hidden_site.push_back(rnd(c.hidden_size));
   }
   u.hidden_site.push_back(rnd(c.hidden_size));
+  u.head = heads_from_channels(u.attn_channel, c.head_dim);
   return u;
 }
 
@@ -280,18 +284,15 @@ PrunePlan make_plan(const LlamaConfig& T, const LlamaConfig& S, const std::vecto
   p.hidden = top_sorted(scores.hidden(layers), S.hidden_size);
   p.qk_dims = rope_kept_dims(T.head_dim, S.head_dim);
   const bool rescale_norms = opt.norm_rescale && stats != nullptr && S.hidden_size < T.hidden_size;
-  const bool rescale_q = opt.q_rescale && stats != nullptr && S.head_dim < T.head_dim;
   for (int64_t l : layers) {
     select_attention(p, l, scores);
     p.neurons.push_back(top_sorted(scores.neuron.at(l), S.intermediate_size));
-    std::vector<double> qs;
-    for (int64_t h : p.heads.back())
-      qs.push_back(rescale_q ? q_factor(*stats, l, h, T.kv_group_size(), p.qk_dims, T.head_dim, S.head_dim) : 1.0);
-    p.q_scale.push_back(qs);
     for (int64_t site : {2 * l, 2 * l + 1})
       p.norm_scale.push_back(rescale_norms ? norm_factor(stats->norm_in_ms.at(site), p.hidden) : 1.0);
   }
   p.norm_scale.push_back(rescale_norms ? norm_factor(stats->norm_in_ms.back(), p.hidden) : 1.0);
+  if (opt.q_rescale && S.head_dim < T.head_dim)
+    p.q_scale = std::sqrt(static_cast<double>(S.head_dim) / static_cast<double>(T.head_dim));
   // With the weights scaled by sqrt(C/C'), eps * C/C' makes a channel that carries nothing drop out
   // exactly (rms over C' channels is sqrt(C/C') times rms over C, eps included).
   if (rescale_norms)
@@ -362,7 +363,7 @@ namespace {
 // One width axis of the budget grid: the fixed size, or fractions of the teacher's rounded down.
 std::vector<int64_t> width_grid(int64_t fixed, int64_t teacher) {
   if (fixed > 0) return {fixed};
-  const int64_t multiple = teacher >= 512 ? 64 : 8;
+  const int64_t multiple = teacher >= 2048 ? 64 : 8;  // GPU-friendly sizes for large models
   std::vector<int64_t> out = {teacher};
   for (double f : {0.875, 0.75, 0.625, 0.5, 0.375, 0.25}) {
     const int64_t v = static_cast<int64_t>(static_cast<double>(teacher) * f) / multiple * multiple;

@@ -82,6 +82,14 @@ std::vector<torch::Tensor> read_batches(const DataSpec& d, const Tokenizer& tok,
   return out;
 }
 
+Tokenizer load_tokenizer(const std::string& spec) {
+  try {
+    return Tokenizer::load(spec);
+  } catch (const Error& e) {
+    rethrow_with_context(e, "the tokenizer the calibration shards must match (data.tokenizer, default: the teacher)");
+  }
+}
+
 // The student shapes to try: the explicit target, or the budget grid (errors name the key).
 std::vector<PruneTarget> candidate_targets(const PruneConfig& c, const LlamaConfig& T) {
   if (c.params.empty()) {
@@ -162,17 +170,33 @@ json to_list(const torch::Tensor& t) {
 
 json units_report(const PrunePlan& p, const UnitScores& scores) {
   json attn = json::array(), mlp = json::array();
-  const int64_t D = p.teacher.head_dim, n = p.teacher.kv_group_size();
+  const int64_t n = p.teacher.kv_group_size();
   for (size_t i = 0; i < p.layers.size(); ++i) {
     const int64_t l = p.layers[i];
-    torch::Tensor head = scores.heads(l, D);
+    const torch::Tensor& head = scores.head[l];
     attn.push_back({{"student_layer", i}, {"teacher_layer", l}, {"head_importance", to_list(head)},
                     {"kv_group_importance", to_list(head.view({-1, n}).sum(1))}, {"kept_kv_heads", p.kv_heads[i]},
-                    {"kept_heads", p.heads[i]}, {"v_dims", p.v_dims[i]}, {"q_scale", p.q_scale[i]}});
+                    {"kept_heads", p.heads[i]}, {"v_dims", p.v_dims[i]}});
     mlp.push_back({{"student_layer", i}, {"teacher_layer", l}, {"importance", to_list(scores.neuron[l])}, {"kept", p.neurons[i]}});
   }
   return {{"hidden", {{"importance", to_list(scores.hidden(p.layers))}, {"kept", p.hidden}}},
-          {"attention", attn}, {"qk_dims", p.qk_dims}, {"mlp", mlp}, {"norm_scale", p.norm_scale}};
+          {"attention", attn}, {"qk_dims", p.qk_dims}, {"mlp", mlp}, {"norm_scale", p.norm_scale}, {"q_scale", p.q_scale}};
+}
+
+// What was selected and why: the methods, every candidate tried, layer and unit importance.
+void add_selection(json& report, const PruneConfig& c, const CalibStats& stats, const Candidate& best,
+                   const UnitScores& scores, const json& tried) {
+  const PrunePlan& plan = best.plan;
+  report["student"] = {{"path", c.output + "/student"}, {"config", plan.student.to_json()}, {"params", plan.student.num_parameters()}};
+  report["methods"] = {{"width", c.width}, {"heads", c.heads}, {"depth", c.depth}, {"seed", c.seed},
+                       {"norm_rescale", c.norm_rescale}, {"q_rescale", c.q_rescale}, {"tie_from", best.tie_from}};
+  report["tried"] = tried;
+  if (!c.params.empty())
+    report["budget"] = {{"params", parse_param_count(c.params, "target.params")}, {"tolerance", c.budget_tolerance}};
+  report["layers"] = {{"block_importance", to_list(stats.block_importance)}, {"kept", plan.layers}, {"span", stats.span}};
+  if (stats.span > 0) report["layers"]["span_cos"] = to_list(stats.span_cos);
+  if (stats.drop_loss.defined()) report["layers"]["drop_loss"] = to_list(stats.drop_loss);
+  report["units"] = units_report(plan, scores);
 }
 
 // The share of the summed importance that the kept units hold (a quick read of a selection).
@@ -191,7 +215,7 @@ std::string report_md(const json& r, const PrunePlan& p, const UnitScores& score
         ", tie_from " + r["methods"]["tie_from"].get<std::string>() + ". Activation scores: " +
         r["calibration"]["aggregation"].get<std::string>() + ".\n\n";
   md += "| | teacher | student |\n|---|---|---|\n";
-  md += "| calibration loss (" + num(stats.sequences) + " x " + num(r["calibration"]["seq_len"].get<int64_t>()) + " tokens) | " +
+  md += "| calibration loss (" + num(r["calibration"]["sequences"].get<int64_t>()) + " x " + num(r["calibration"]["seq_len"].get<int64_t>()) + " tokens) | " +
         fmt(r["calibration"]["loss_teacher"]) + " | " + fmt(r["calibration"]["loss_student"]) + " |\n";
   if (r.contains("eval"))
     md += "| held-out perplexity (" + num(r["eval"]["tokens"].get<int64_t>()) + " tokens) | " +
@@ -245,7 +269,9 @@ void PruneConfig::register_keys(ConfigSchema& s) {
   s.add_choice("importance.depth", &depth, {"block", "contiguous", "loss", "random"}, "how layers are chosen");
   s.add("importance.seed", &seed, "seed of the random selections");
   s.add("importance.norm_rescale", &norm_rescale, "rescale RMSNorm weights for the removed hidden channels' energy");
-  s.add("importance.q_rescale", &q_rescale, "rescale q rows when head_dim shrinks (keeps the attention temperature)");
+  s.add_choice("importance.heads", &heads, {"contribution", "attn_out"},
+               "head score: output through o_proj, or attn_out before it (Minitron)");
+  s.add("importance.q_rescale", &q_rescale, "q rows x sqrt(D'/D) when head_dim shrinks (keeps the attention temperature)");
   s.add("data.calib", &calib_data, "calibration data (bonsai data pack, kind pretrain)");
   s.add("data.eval", &eval_data, "held-out data for the report's perplexity (optional)");
   s.add("data.tokenizer", &tokenizer, "tokenizer the shards must match (default: the teacher's)");
@@ -285,7 +311,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
   const std::vector<PruneTarget> targets = candidate_targets(c, T);
   const int64_t keep_layers = student_config(T, targets.front()).num_hidden_layers;  // the grid keeps layers fixed
   const std::string tok_spec = c.tokenizer.empty() ? resolve_model(c.teacher) : c.tokenizer;
-  const Tokenizer tok = Tokenizer::load(tok_spec);
+  const Tokenizer tok = load_tokenizer(tok_spec);
   const auto calib = read_batches({c.calib_data, c.calib_samples, c.calib_seq_len, c.calib_batch,
                                    static_cast<uint64_t>(c.calib_seed), true, "the calibration data (data.calib)"},
                                   tok, tok_spec, T.vocab_size);
@@ -320,10 +346,14 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
   stats.save(c.output + "/importance.safetensors", T);
   say("teacher calibration loss " + fmt(stats.loss));
   json report = {{"teacher", {{"model", c.teacher}, {"config", T.to_json()}, {"params", T.num_parameters()}}}};
-  report["calibration"] = {{"sequences", stats.sequences}, {"tokens", stats.tokens}, {"seq_len", c.calib_seq_len},
-                           {"loss_teacher", stats.loss},
-                           {"aggregation", "per channel: mean over tokens of |activation|, then L2 over sequences "
-                                           "(Minitron's (batch L2, sequence mean)); heads: L2 over their channels"}};
+  report["calibration"] = {
+      {"sequences", c.calib_samples}, {"seq_len", c.calib_seq_len}, {"loss_teacher", stats.loss},
+      {"scores_from", c.scores_from.empty() ? c.output + "/importance.safetensors" : c.scores_from},
+      {"aggregation", std::string("per channel: mean over tokens of |activation|, then L2 over sequences (Minitron's "
+                                  "(batch L2, sequence mean)); heads: ") +
+                          (c.heads == "contribution" ? "their output through o_proj, mean over tokens of its L2 norm, "
+                                                       "then L2 over sequences"
+                                                     : "L2 norm of their attn_out channel scores (Minitron)")}};
   if (!eval.empty()) {
     report["eval"] = {{"sequences", c.eval_samples}, {"tokens", c.eval_samples * (c.eval_seq_len > 0 ? c.eval_seq_len : c.calib_seq_len)}};
     if (c.eval_teacher) {
@@ -335,7 +365,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
   teacher = nullptr;  // frees a device copy
 
   // ---- select and slice
-  UnitScores scores = c.width == "activation" ? activation_scores(stats)
+  UnitScores scores = c.width == "activation" ? activation_scores(stats, c.heads)
                       : c.width == "magnitude" ? magnitude_scores(T, tensors)
                                                : random_scores(T, static_cast<uint64_t>(c.seed));
   const std::vector<int64_t> layers = select_layers(c.depth, stats, keep_layers, static_cast<uint64_t>(c.seed));
@@ -363,15 +393,7 @@ int run_prune(const PruneConfig& c, const std::string& resolved_yaml) {
     report["eval"]["loss_student"] = l, report["eval"]["ppl_student"] = std::exp(l);
     say("student held-out perplexity " + fmt(std::exp(l), 2));
   }
-  report["student"] = {{"path", c.output + "/student"}, {"config", plan.student.to_json()}, {"params", plan.student.num_parameters()}};
-  report["methods"] = {{"width", c.width}, {"depth", c.depth}, {"seed", c.seed}, {"norm_rescale", c.norm_rescale},
-                       {"q_rescale", c.q_rescale}, {"tie_from", best.tie_from}};
-  report["tried"] = tried;
-  if (!c.params.empty()) report["budget"] = {{"params", parse_param_count(c.params, "target.params")}, {"tolerance", c.budget_tolerance}};
-  report["layers"] = {{"block_importance", to_list(stats.block_importance)}, {"kept", plan.layers}, {"span", stats.span}};
-  if (stats.span > 0) report["layers"]["span_cos"] = to_list(stats.span_cos);
-  if (stats.drop_loss.defined()) report["layers"]["drop_loss"] = to_list(stats.drop_loss);
-  report["units"] = units_report(plan, scores);
+  add_selection(report, c, stats, best, scores, tried);
   report["config"] = resolved_yaml;
   report["seconds"] = std::chrono::duration<double>(Clock::now() - t0).count();
   write_file_atomic(c.output + "/report.json", report.dump(1) + "\n");

@@ -1,7 +1,14 @@
 // The pruning recipe (`bonsai prune --config X.yaml`), straight-line: set up (teacher config,
 // target, calibration data: every bad input is reported here, before any heavy work) -> calibrate
-// (activation statistics of the teacher) -> select (units to keep; over a grid of shapes for a
-// parameter budget) -> slice -> save (an HF checkpoint, re-loaded to check it) -> report.
+// (activation statistics of the teacher) -> select (units to keep) -> slice -> save (an HF
+// checkpoint, re-loaded to check it) -> report.
+//
+// A parameter budget (target.params) instead of sizes: the shapes of a small grid that meet it
+// (prune.h, budget_candidates) are each pruned and scored by their calibration loss, and the lowest
+// wins. Minitron ranks its candidates after a short distillation instead; without one, the loss
+// right after pruning is the cheap proxy (every candidate and its loss are in the report). Likewise
+// target.tie_from: auto tries the embedding, lm_head and their mean for a tied student of an untied
+// teacher and keeps the lowest calibration loss.
 //
 // Output directory:
 //   student/                    the pruned model (HF: config.json, safetensors, tokenizer files)
@@ -27,6 +34,7 @@ struct PruneConfig {
   std::string tie_from = "auto";      // auto | embed | lm_head | mean (untied teacher -> tied student)
   std::string width = "activation";   // activation | magnitude | random
   std::string depth = "block";        // block | contiguous | loss | random
+  std::string heads = "contribution";  // head score: contribution | attn_out
   int64_t seed = 0;                   // for the random selections
   bool norm_rescale = true, q_rescale = true;
   std::vector<std::string> calib_data, eval_data;

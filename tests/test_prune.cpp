@@ -200,6 +200,27 @@ TEST(Prune, ZeroedHeadsAreRemoved) {
   EXPECT_LE(rel_err(logits(p.model, ids), logits(teacher, ids)), 1e-6);
 }
 
+// Query heads whose o_proj columns are zero add nothing to the residual stream: their contribution
+// score is 0, so they are the ones removed within their KV groups (gqa_untied: heads 1 and 2 of
+// groups {0, 1} and {2, 3}), exactly.
+TEST(Prune, QueryHeadsThatContributeNothingAreRemovedWithinTheirGroups) {
+  BONSAI_REQUIRE_DIR("BONSAI_GOLDEN_DIR", root);
+  Model m = golden(root, "gqa_untied");
+  const int64_t D = m.cfg.head_dim;
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t h : {1, 2}) m.t.at(L(l, "self_attn.o_proj.weight")).narrow(1, h * D, D).zero_();
+  PruneTarget target;
+  target.num_heads = 2;
+  Pruned p = prune(m, target);
+  for (int64_t l = 0; l < 2; ++l) {
+    EXPECT_EQ(p.plan.kv_heads[l], std::vector<int64_t>({0, 1}));
+    EXPECT_EQ(p.plan.heads[l], std::vector<int64_t>({0, 3}));
+  }
+  Llama teacher = build(m.cfg, m.t);
+  torch::Tensor ids = test_ids(m);
+  EXPECT_LE(rel_err(logits(p.model, ids), logits(teacher, ids)), 1e-6);
+}
+
 // head_dim D -> D/2 with q/k zero on the RoPE pairs that are not kept (odd pairs) and v zero on a
 // different random half of the dims of each KV head: q/k keep the even pairs, v keeps its non-zero
 // dims (chosen by importance), and the logits are unchanged (q rescaled by sqrt(D'/D) keeps the
@@ -228,7 +249,7 @@ TEST_P(PruneHeadDim, ZeroedDimsAreRemovedAndTheOutputIsUnchanged) {
   Pruned p = prune(m, target);
   EXPECT_EQ(p.plan.qk_dims, rope_kept_dims(D, half));
   EXPECT_EQ(p.plan.v_dims, v_keep);
-  EXPECT_NEAR(p.plan.q_scale[0][0], std::sqrt(0.5), 1e-6);
+  EXPECT_DOUBLE_EQ(p.plan.q_scale, std::sqrt(0.5));
   Llama teacher = build(m.cfg, m.t);
   torch::Tensor ids = std::string(GetParam()) == "llama3_long"
                           ? load_safetensors(root + "/llama3_long/golden.safetensors").at("input_ids")
@@ -287,7 +308,7 @@ TEST(Prune, QueryHeadsArePrunedWithinTheirKvGroup) {
   Tensors out = apply_plan(plan, w);
   const int64_t D = 8, n = 4;
   for (int64_t l = 0; l < 2; ++l) {
-    torch::Tensor head = scores.heads(l, D);
+    const torch::Tensor& head = scores.head[l];
     std::vector<double> group(3, 0.0);
     for (int64_t h = 0; h < 12; ++h) group[h / n] += head[h].item<double>();
     const int64_t worst = std::min_element(group.begin(), group.end()) - group.begin();
@@ -415,7 +436,7 @@ TEST(Prune, CalibrationStatisticsRoundTripAndRefuseAnotherTeacher) {
   EXPECT_EQ(r.span, 1);
   EXPECT_TRUE(torch::equal(r.span_cos, s.span_cos));
   for (size_t i = 0; i < s.norm_in_ms.size(); ++i) EXPECT_TRUE(torch::equal(r.norm_in_ms[i], s.norm_in_ms[i]));
-  EXPECT_TRUE(torch::equal(r.k_pair_ms[1], s.k_pair_ms[1]));
+  EXPECT_TRUE(torch::equal(r.head_contrib[1], s.head_contrib[1]));
   LlamaConfig other = m.cfg;
   other.intermediate_size = 128;
   EXPECT_THROW(
@@ -484,6 +505,37 @@ TEST(Prune, ImpossibleTargetsAreRefusedNamingTheKey) {
   p.intermediate_size = -1;
   EXPECT_THAT(error_of(t, p), HasSubstr("target.intermediate_size must be positive"));
   EXPECT_EQ(error_of(t, PruneTarget{}), "");
+}
+
+// The shipped 8B configs give exactly the Llama 3.2 shapes (and parameter counts) from Llama 3.1 8B.
+TEST(Prune, ShippedConfigsGiveTheLlama32Shapes) {
+  const std::string src = test::env_dir("BONSAI_SOURCE_DIR");
+  LlamaConfig l31;
+  l31.vocab_size = 128256, l31.hidden_size = 4096, l31.intermediate_size = 14336, l31.num_hidden_layers = 32;
+  l31.num_attention_heads = 32, l31.num_key_value_heads = 8, l31.head_dim = 128, l31.rope_theta = 500000.0;
+  l31.rope_scaling = {"llama3", 8.0, 1.0, 4.0, 8192};
+  EXPECT_EQ(l31.num_parameters(), 8030261248);
+  struct Want {
+    const char* file;
+    int64_t layers, hidden, heads, head_dim, params;
+  };
+  for (const Want& w : {Want{"8b_to_3b", 28, 3072, 24, 128, 3212749824}, Want{"8b_to_1b", 16, 2048, 32, 64, 1235814400}}) {
+    PruneConfig c;
+    ConfigSchema schema;
+    c.register_keys(schema);
+    const std::string path = src + "/configs/prune/" + w.file + ".yaml";
+    schema.read(load_config_yaml(path), path);
+    c.validate();
+    LlamaConfig s = student_config(l31, c.target);
+    EXPECT_EQ(s.num_hidden_layers, w.layers);
+    EXPECT_EQ(s.hidden_size, w.hidden);
+    EXPECT_EQ(s.intermediate_size, 8192);
+    EXPECT_EQ(s.num_attention_heads, w.heads);
+    EXPECT_EQ(s.num_key_value_heads, 8);
+    EXPECT_EQ(s.head_dim, w.head_dim);
+    EXPECT_TRUE(s.tie_word_embeddings);
+    EXPECT_EQ(s.num_parameters(), w.params) << w.file;  // the official Llama 3.2 1B / 3B counts
+  }
 }
 
 TEST(Prune, BudgetSearchFindsShapesWithinTheBudgetOrSaysWhyNot) {
