@@ -21,15 +21,10 @@
 namespace bonsai {
 namespace {
 
+using bonsai::test::read_all;
+
 using ::testing::HasSubstr;
 using json = nlohmann::json;
-
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 std::vector<ChatMessage> messages_of(const json& j) {
   std::vector<ChatMessage> out;

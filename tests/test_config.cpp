@@ -5,9 +5,12 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/strings.h"
+#include "test_util.h"
 
 namespace bonsai {
 namespace {
+
+using bonsai::test::error_of;
 
 using ::testing::HasSubstr;
 
@@ -29,15 +32,6 @@ ConfigSchema schema_for(TrainCfg& c) {
   s.add_choice("loss", &c.loss, {"fkl", "rkl", "jsd"}, "loss");
   s.add("data.files", &c.files, "files");
   return s;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return std::string(e.what()) + " | hint: " + e.hint();
-  }
-  return "no error";
 }
 
 TEST(Config, DefaultsSurviveAnEmptyDocument) {

@@ -26,6 +26,8 @@
 namespace bonsai::gguf {
 namespace {
 
+using bonsai::test::read_all;
+
 using ::testing::HasSubstr;
 
 // ---- byte helpers -----------------------------------------------------------------------------
@@ -132,11 +134,6 @@ std::string temp_path(const std::string& stem) {
 }
 
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // A valid one-tensor file (F32 [4] at offset 0), the base the data-range tests start from.
 std::string one_f32_tensor(uint64_t offset, size_t data_bytes) {

@@ -29,6 +29,8 @@ using bonsai::ShardWriter;
 
 namespace {
 
+using bonsai::test::error_of;
+
 const char* kIdentity = "test-identity-loader";
 
 ShardInfo info(ShardKind kind, int64_t index = 0, const std::string& identity = kIdentity) {
@@ -86,16 +88,6 @@ std::vector<Batch> take(Loader& l, int n) {
     out.push_back(std::move(*b));
   }
   return out;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const bonsai::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 void expect_same(const std::vector<Batch>& a, const std::vector<Batch>& b) {

@@ -14,18 +14,11 @@
 namespace bonsai {
 namespace {
 
+using bonsai::test::error_of;
+
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using json = nlohmann::json;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return std::string(e.what()) + " | hint: " + e.hint();
-  }
-  return "no error";
-}
 
 json tiny_config() {
   return {{"model_type", "llama"}, {"vocab_size", 32}, {"hidden_size", 16}, {"intermediate_size", 32},

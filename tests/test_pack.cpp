@@ -32,6 +32,8 @@ using nlohmann::json;
 
 namespace {
 
+using bonsai::test::error_of;
+
 std::string gpt2(const std::string& data) { return data + "/tokenizer/gpt2/ggml-vocab-gpt-2.gguf"; }
 
 const Tokenizer& gpt2_tokenizer(const std::string& data) {
@@ -89,16 +91,6 @@ std::vector<int32_t> all_tokens(const std::string& dir, ShardPart part = ShardPa
     all.insert(all.end(), t.begin(), t.end());
   }
   return all;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const bonsai::Error& e) {
-    return std::string(e.what()) + " | hint: " + e.hint();
-  }
-  return "(no error)";
 }
 
 }  // namespace

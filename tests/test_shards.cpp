@@ -28,6 +28,8 @@ using bonsai::ShardWriter;
 
 namespace {
 
+using bonsai::test::error_of;
+
 ShardInfo test_info(ShardKind kind) {
   ShardInfo i;
   i.kind = kind;
@@ -64,16 +66,6 @@ std::string write_pretrain(const std::string& path, const std::vector<std::vecto
   for (const auto& d : docs) w.add_doc(d);
   w.commit();
   return path;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const bonsai::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 // Opens the shard and reads every token of every part: what a loader would touch.

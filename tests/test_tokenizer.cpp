@@ -28,17 +28,12 @@
 namespace bonsai {
 namespace {
 
+using bonsai::test::read_all;
+
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
 // ---- helpers ------------------------------------------------------------------------------------
-
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 void write_all(const std::string& path, const std::string& data) {
   std::ofstream f(path, std::ios::binary);

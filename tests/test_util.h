@@ -7,8 +7,12 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
+
+#include "core/error.h"
 
 #include "test_paths.h"
 
@@ -28,6 +32,23 @@ inline const char* env_cstr(const char* var) {
   std::string v = env_dir(var);
   if (v.empty()) return nullptr;
   return keep.insert_or_assign(var, v).first->second.c_str();
+}
+
+// The message of the bonsai::Error that f throws ("what | hint: hint"), or "(no error)".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const bonsai::Error& e) {
+    return std::string(e.what()) + (e.hint().empty() ? "" : " | hint: " + e.hint());
+  }
+  return "(no error)";
+}
+
+// A whole file's bytes ("" when it cannot be read).
+inline std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // Fresh scratch directory under the test's temp root.
