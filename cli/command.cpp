@@ -55,7 +55,6 @@ namespace {
 // rather than a parse error.
 const char* planned_issue(const std::string& cmd) {
   if (cmd == "align") return "[Align]";
-  if (cmd == "eval") return "[Eval]";
   if (cmd == "serve") return "[Runtime & export]";
   return nullptr;
 }
@@ -76,6 +75,7 @@ int bonsai_main(int argc, char** argv) {
   commands.push_back(make_export_command(app));
   commands.push_back(make_prune_command(app));
   commands.push_back(make_generate_command(app));
+  commands.push_back(make_eval_command(app));
   commands.push_back(make_distill_command(app));
   commands.push_back(make_distill_precompute_command(*commands.back()->app()));
   commands.push_back(make_train_command(app));

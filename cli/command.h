@@ -54,6 +54,7 @@ using CommandFactory = std::unique_ptr<Command> (*)(CLI::App& app);
 std::unique_ptr<Command> make_export_command(CLI::App& app);
 std::unique_ptr<Command> make_prune_command(CLI::App& app);
 std::unique_ptr<Command> make_generate_command(CLI::App& app);
+std::unique_ptr<Command> make_eval_command(CLI::App& app);
 std::unique_ptr<Command> make_distill_command(CLI::App& app);
 std::unique_ptr<Command> make_train_command(CLI::App& app);
 std::unique_ptr<Command> make_distill_precompute_command(CLI::App& distill_app);  // `distill precompute`
