@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "runtime/cuda_ops.h"
 
 namespace bonsai {
 namespace {
@@ -182,6 +183,89 @@ class FusedKdFn : public torch::autograd::Function<FusedKdFn> {
   }
 };
 
+// The CUDA path: logits chunks stay in the compute dtype (bf16 GEMMs with fp32 accumulation), and one
+// kernel per chunk (runtime/kernels/kd_loss.cu) computes the loss and writes d(loss)/d(logits) over
+// the student chunk in place; the weight gradient accumulates in fp32. Online teachers (one) only.
+bool cuda_path_applies(const Tensor& hidden, const std::vector<OnlineTeacher>& online,
+                       const std::vector<TopKTeacher>& offline, const KdLossOptions& o) {
+  return hidden.is_cuda() && cuda::built_with_cuda() && offline.empty() && online.size() <= 1 &&
+         (o.kind == "fkl" || o.kind == "rkl" || o.kind == "jsd") && hidden.scalar_type() != torch::kDouble;
+}
+
+class FusedKdCudaFn : public torch::autograd::Function<FusedKdCudaFn> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor hidden, Tensor weight, const FusedArgs* a) {
+    const auto& o = *a->opt;
+    const Tensor& labels = *a->labels;
+    const int64_t N = hidden.size(0), V = weight.size(0);
+    const auto cdt = (hidden.scalar_type() == torch::kBFloat16 || hidden.scalar_type() == torch::kHalf)
+                         ? hidden.scalar_type() : torch::kFloat;
+    Tensor h = hidden.detach().to(cdt).contiguous(), w = weight.detach().to(cdt).contiguous();
+    Tensor th, tw;
+    double mix = 1.0;
+    if (!a->online->empty()) {
+      th = (*a->online)[0].hidden.detach().to(h.device(), cdt);
+      tw = (*a->online)[0].weight.detach().to(h.device(), cdt);
+      mix = (*a->online)[0].weight_in_mix;
+    }
+    Tensor lab = labels.to(h.device(), torch::kLong).contiguous();
+    Tensor valid = lab != o.ignore_index;
+    const int64_t n_tok = valid.sum().item<int64_t>();
+    if (((lab < 0) & valid).any().item<bool>() || ((lab >= V) & valid).any().item<bool>())
+      throw Error("kd loss: a label is outside the student's vocabulary of " + std::to_string(V),
+                  "labels must be token ids or ignore_index (" + std::to_string(o.ignore_index) + ")");
+    const double n_valid = std::max<double>(1.0, static_cast<double>(n_tok));
+    const double w_t2 = o.scale_by_t2 ? o.temperature * o.temperature : 1.0;
+    cuda::KdChunkOptions ko;
+    ko.kind = o.kind == "fkl" ? 0 : o.kind == "rkl" ? 1 : 2;
+    ko.tau = o.temperature;
+    ko.beta = o.beta;
+    ko.kd_weight = o.kd_weight;
+    ko.w_kd = w_t2 * mix;
+    ko.grad_scale = 1.0 / n_valid;
+    ko.ignore_index = o.ignore_index;
+    Tensor gh = torch::empty_like(h), gw;
+    Tensor kd_sum = torch::zeros({}, h.options().dtype(torch::kFloat)), ce_sum = torch::zeros_like(kd_sum);
+    auto mm_f32 = [&](const Tensor& x, const Tensor& y) {
+      if (cdt == torch::kFloat) return at::mm(x, y);
+      try {
+        return at::mm(x, y, torch::kFloat);  // bf16 operands, fp32 output (cuBLAS accumulates in fp32)
+      } catch (const c10::Error&) {
+        return at::mm(x, y).to(torch::kFloat);  // a device without the out_dtype kernel
+      }
+    };
+    for (int64_t r0 = 0; r0 < N; r0 += o.chunk_tokens) {
+      const int64_t c = std::min(o.chunk_tokens, N - r0);
+      Tensor hc = h.narrow(0, r0, c);
+      Tensor zs = at::mm(hc, w.t());  // (c,V): the only student logits alive; becomes the gradient
+      Tensor zt = th.defined() ? at::mm(th.narrow(0, r0, c), tw.t()) : Tensor();
+      auto [kd, ce] = cuda::kd_loss_chunk(zs, zt, lab.narrow(0, r0, c), zs, ko);
+      zt = Tensor();
+      kd_sum += kd.sum();
+      ce_sum += ce.sum();
+      gh.narrow(0, r0, c).copy_(at::mm(zs, w));
+      Tensor gwc = mm_f32(zs.t(), hc);
+      if (gw.defined()) gw.add_(gwc);
+      else gw = gwc;
+    }
+    const double kd_total = mix * kd_sum.item<double>(), ce_total = ce_sum.item<double>();
+    a->parts->kd = kd_total / n_valid;
+    a->parts->ce = ce_total / n_valid;
+    a->parts->tokens = n_tok;
+    const double total = (ko.kd_weight * w_t2 * kd_total + (1 - ko.kd_weight) * ce_total) / n_valid;
+    ctx->saved_data["gh"] = gh.to(hidden.scalar_type());
+    ctx->saved_data["gw"] = gw.to(weight.scalar_type());
+    return torch::tensor(total, hidden.options().dtype(torch::kFloat));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    Tensor g = grad_out[0];
+    return {ctx->saved_data["gh"].toTensor() * g.to(ctx->saved_data["gh"].toTensor().scalar_type()),
+            ctx->saved_data["gw"].toTensor() * g.to(ctx->saved_data["gw"].toTensor().scalar_type()), Tensor()};
+  }
+};
+
 void check_inputs(const Tensor& hidden, const Tensor& weight, const Tensor& labels,
                   const std::vector<OnlineTeacher>& online, const std::vector<TopKTeacher>& offline) {
   const int64_t N = hidden.size(0);
@@ -220,7 +304,8 @@ KdLossParts fused_kd_loss(const Tensor& hidden, const Tensor& weight, const Tens
   check_inputs(hidden, weight, labels, online, offline);
   KdLossParts parts;
   FusedArgs args{&labels, &online, &offline, &opt, &parts};
-  parts.loss = FusedKdFn::apply(hidden, weight, &args);
+  parts.loss = cuda_path_applies(hidden, online, offline, opt) ? FusedKdCudaFn::apply(hidden, weight, &args)
+                                                               : FusedKdFn::apply(hidden, weight, &args);
   return parts;
 }
 

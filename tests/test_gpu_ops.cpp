@@ -1,0 +1,478 @@
+// GPU tests (CTest label "gpu"): every CUDA kernel against an fp32 ATen reference on fresh random
+// inputs, odd sizes and non-contiguous inputs; the fused distillation loss against the plain one;
+// the CUDA runtime backend against the LibTorch one. Skipped (reported as skipped) without a GPU.
+//
+// Relative error bounds (||out - ref|| / ||ref||), per op and dtype: fp32 1e-5 (elementwise, losses
+// and gradients), fp16 2e-3, bf16 1e-2 (one or two roundings of the output to 8 bits of mantissa).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "distill/kd_loss.h"
+#include "model/llama.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/cuda_ops.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace bonsai {
+namespace {
+
+using torch::Tensor;
+
+#define REQUIRE_GPU() \
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA): GPU test skipped"
+
+const torch::Device kDev(torch::kCUDA, 0);
+
+double rel(const Tensor& a, const Tensor& ref) {
+  auto d = (a.to(torch::kCPU, torch::kDouble) - ref.to(torch::kCPU, torch::kDouble));
+  const double n = ref.to(torch::kCPU, torch::kDouble).norm().item<double>();
+  const double e = d.norm().item<double>() / std::max(n, 1e-30);
+  return std::isfinite(e) ? e : 1e30;  // NaN never passes
+}
+
+double bound(torch::ScalarType t) { return t == torch::kFloat ? 1e-5 : t == torch::kHalf ? 2e-3 : 1e-2; }
+const char* dname(torch::ScalarType t) { return t == torch::kFloat ? "f32" : t == torch::kHalf ? "f16" : "bf16"; }
+const std::vector<torch::ScalarType> kTypes = {torch::kFloat, torch::kHalf, torch::kBFloat16};
+
+Tensor randn(std::vector<int64_t> shape, torch::ScalarType t, double scale = 1.0) {
+  return (torch::randn(shape, torch::TensorOptions().device(kDev)) * scale).to(t);
+}
+
+Tensor rms_ref(const Tensor& x, const Tensor& w, double eps) {
+  auto xf = x.to(torch::kFloat);
+  return xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps) * w.to(torch::kFloat);
+}
+
+TEST(GpuOps, AddRmsNorm) {
+  REQUIRE_GPU();
+  torch::manual_seed(1);
+  for (auto t : kTypes)
+    for (int64_t rows : {1, 19, 111, 989})
+      for (int64_t C : {576, 2048, 3072, 4096, 100}) {
+        Tensor x = randn({rows, C}, t), w = randn({C}, t, 0.5) + 1;
+        // residual as a non-contiguous view (every other row of a taller tensor)
+        Tensor rbig = randn({rows * 2, C}, t);
+        Tensor r = rbig.slice(0, 0, rows * 2, 2);
+        Tensor xsum_ref = x.to(torch::kFloat) + r.to(torch::kFloat);
+        Tensor out = cuda::add_rmsnorm(x, r, w, 1e-5);
+        EXPECT_LE(rel(x, xsum_ref), bound(t)) << dname(t) << " x+=r rows " << rows << " C " << C;
+        EXPECT_LE(rel(out, rms_ref(xsum_ref, w, 1e-5)), 2 * bound(t)) << dname(t) << " rows " << rows << " C " << C;
+        Tensor x2 = randn({rows, C}, t);
+        Tensor out2 = cuda::add_rmsnorm(x2, std::nullopt, w, 1e-6);
+        EXPECT_LE(rel(out2, rms_ref(x2, w, 1e-6)), 2 * bound(t)) << dname(t) << " no residual rows " << rows;
+      }
+}
+
+TEST(GpuOps, AddRmsNormMatchesEagerBf16Exactly) {
+  REQUIRE_GPU();
+  torch::manual_seed(2);
+  Tensor x = randn({19, 2048}, torch::kBFloat16), r = randn({19, 2048}, torch::kBFloat16);
+  Tensor w = randn({2048}, torch::kBFloat16, 0.3) + 1;
+  Tensor eager_x = x + r;
+  Tensor eager = rms_norm(eager_x, w, 1e-5);  // model/llama.h: transformers' arithmetic
+  Tensor out = cuda::add_rmsnorm(x, r, w, 1e-5);
+  EXPECT_TRUE(torch::equal(x, eager_x));
+  // the same roundings; only the order of the fp32 sum of squares differs
+  EXPECT_LE((out.to(torch::kFloat) != eager.to(torch::kFloat)).to(torch::kFloat).mean().item<double>(), 0.01);
+}
+
+TEST(GpuOps, RopeQkvToCache) {
+  REQUIRE_GPU();
+  torch::manual_seed(3);
+  struct Shape { int64_t H, Hkv, D; };
+  for (auto t : kTypes)
+    for (Shape s : {Shape{9, 3, 64}, Shape{32, 8, 64}, Shape{32, 8, 128}, Shape{4, 4, 32}})
+      for (int64_t N : {1, 19, 111}) {
+        const int64_t slots = 4, max_seq = 300;
+        LlamaConfig cfg;
+        cfg.head_dim = s.D;
+        cfg.rope_theta = 500000;
+        cfg.rope_scaling.type = "llama3";
+        cfg.rope_scaling.factor = 32;
+        Tensor inv = rope_inv_freq(cfg).to(kDev);
+        Tensor qkv_big = randn({N, (s.H + 2 * s.Hkv) * s.D + 8}, t);
+        Tensor qkv = qkv_big.narrow(1, 0, (s.H + 2 * s.Hkv) * s.D);  // rows not contiguous
+        auto i32 = torch::TensorOptions().dtype(torch::kInt).device(kDev);
+        Tensor pos = torch::randperm(max_seq, i32).narrow(0, 0, N);  // distinct positions
+        Tensor slot = torch::randint(0, slots, {N}, i32);
+        Tensor kc = torch::full({slots, s.Hkv, max_seq, s.D}, 7.0, torch::TensorOptions().dtype(t).device(kDev));
+        Tensor vc = kc.clone();
+        Tensor q = cuda::rope_qkv_to_cache(qkv, pos, slot, inv, kc, vc, s.H, s.Hkv, s.D);
+        // reference in fp32
+        Tensor f = pos.to(torch::kFloat).unsqueeze(1) * inv.unsqueeze(0);  // (N, D/2)
+        Tensor cs = f.cos().view({N, 1, s.D / 2}), sn = f.sin().view({N, 1, s.D / 2});
+        auto rot = [&](const Tensor& x) {  // (N, heads, D)
+          auto x1 = x.narrow(2, 0, s.D / 2), x2 = x.narrow(2, s.D / 2, s.D / 2);
+          return torch::cat({x1 * cs - x2 * sn, x2 * cs + x1 * sn}, 2);
+        };
+        Tensor qf = qkv.to(torch::kFloat);
+        Tensor qr = rot(qf.narrow(1, 0, s.H * s.D).view({N, s.H, s.D}));
+        Tensor kr = rot(qf.narrow(1, s.H * s.D, s.Hkv * s.D).view({N, s.Hkv, s.D}));
+        Tensor vr = qf.narrow(1, (s.H + s.Hkv) * s.D, s.Hkv * s.D).view({N, s.Hkv, s.D});
+        EXPECT_LE(rel(q, qr), 2 * bound(t)) << dname(t) << " q H " << s.H << " N " << N;
+        auto pos_l = pos.to(torch::kLong), slot_l = slot.to(torch::kLong);
+        using torch::indexing::Slice;
+        Tensor kg = kc.index({slot_l, Slice(), pos_l});  // (N, Hkv, D)
+        Tensor vg = vc.index({slot_l, Slice(), pos_l});
+        EXPECT_LE(rel(kg, kr), 2 * bound(t)) << dname(t) << " k cache";
+        EXPECT_EQ(rel(vg, vr), 0.0) << dname(t) << " v cache is a copy";
+        // nothing else in the caches was touched
+        Tensor mask = torch::ones({slots, max_seq}, torch::TensorOptions().dtype(torch::kBool).device(kDev));
+        mask.index_put_({slot_l, pos_l}, false);
+        EXPECT_TRUE((kc.permute({0, 2, 1, 3}).index({mask}) == 7).all().item<bool>());
+        EXPECT_TRUE((vc.permute({0, 2, 1, 3}).index({mask}) == 7).all().item<bool>());
+      }
+}
+
+TEST(GpuOps, SwiGLU) {
+  REQUIRE_GPU();
+  torch::manual_seed(4);
+  for (auto t : kTypes)
+    for (int64_t rows : {1, 19, 111, 989})
+      for (int64_t I : {1536, 8192, 14336, 111}) {
+        Tensor big = randn({rows, 2 * I + 16}, t, 2.0);
+        Tensor gu = big.narrow(1, 8, 2 * I);  // non-contiguous rows, unaligned start
+        Tensor out = cuda::swiglu(gu);
+        Tensor g = gu.narrow(1, 0, I).to(torch::kFloat), u = gu.narrow(1, I, I).to(torch::kFloat);
+        EXPECT_LE(rel(out, torch::silu(g) * u), 2 * bound(t)) << dname(t) << " rows " << rows << " I " << I;
+      }
+}
+
+TEST(GpuOps, Gemv) {
+  REQUIRE_GPU();
+  torch::manual_seed(5);
+  for (auto t : kTypes)
+    for (int64_t B : {1, 2, 5, 8})
+      for (int64_t N : {1, 19, 111, 989, 3072})
+        for (int64_t K : {576, 2048, 8192}) {
+          Tensor W = randn({N, K}, t, 0.05), x = randn({B, K}, t);
+          Tensor y = cuda::gemv(W, x);
+          Tensor ref = torch::matmul(x.to(torch::kDouble), W.to(torch::kDouble).t());
+          // fp32 accumulation over K terms: allow K-proportional rounding for f32
+          const double b = t == torch::kFloat ? 1e-5 : bound(t);
+          EXPECT_LE(rel(y, ref), b) << dname(t) << " B " << B << " N " << N << " K " << K;
+        }
+  Tensor W = randn({64, 100}, torch::kBFloat16), x = randn({1, 100}, torch::kBFloat16);
+  EXPECT_THROW(cuda::gemv(W, x), Error);  // K not a multiple of 8: refused, not silently wrong
+}
+
+TEST(GpuOps, DecodeAttention) {
+  REQUIRE_GPU();
+  torch::manual_seed(6);
+  struct Shape { int64_t H, Hkv, D; };
+  for (auto t : kTypes)
+    for (Shape s : {Shape{9, 3, 64}, Shape{32, 8, 64}, Shape{32, 8, 128}, Shape{16, 16, 128}})
+      for (int64_t max_seq : {1, 100, 1000, 4096})
+        for (int64_t B : {1, 3, 7}) {
+          const int64_t slots = B + 2;
+          Tensor kc = randn({slots, s.Hkv, max_seq, s.D}, t), vc = randn({slots, s.Hkv, max_seq, s.D}, t);
+          auto i32 = torch::TensorOptions().dtype(torch::kInt).device(kDev);
+          Tensor slot = torch::randperm(slots, i32).narrow(0, 0, B);
+          Tensor len = torch::randint(1, max_seq + 1, {B}, i32);
+          len[0] = static_cast<int>(max_seq);
+          Tensor q = randn({B, s.H, s.D}, t);
+          for (int64_t splits : {int64_t{0}, int64_t{1}, int64_t{7}}) {
+            Tensor out = cuda::decode_attention(q, kc, vc, slot, len, splits);
+            auto sl = slot.cpu(), ln = len.cpu();
+            std::vector<Tensor> refs;
+            for (int64_t b = 0; b < B; ++b) {
+              const int64_t L = ln[b].item<int>();
+              auto k = kc[sl[b].item<int>()].narrow(1, 0, L).to(torch::kFloat);  // (Hkv,L,D)
+              auto v = vc[sl[b].item<int>()].narrow(1, 0, L).to(torch::kFloat);
+              auto qb = q[b].to(torch::kFloat).view({s.Hkv, s.H / s.Hkv, s.D});
+              auto sc = torch::matmul(qb, k.transpose(1, 2)) / std::sqrt(static_cast<double>(s.D));
+              refs.push_back(torch::matmul(torch::softmax(sc, -1), v).view({s.H, s.D}));
+            }
+            EXPECT_LE(rel(out, torch::stack(refs)), bound(t) * (t == torch::kFloat ? 10 : 1))
+                << dname(t) << " H " << s.H << " Hkv " << s.Hkv << " D " << s.D << " max_seq " << max_seq << " B " << B
+                << " splits " << splits;
+          }
+        }
+}
+
+TEST(GpuOps, SampleGreedyIsArgmax) {
+  REQUIRE_GPU();
+  torch::manual_seed(7);
+  for (auto t : {torch::kFloat, torch::kBFloat16})
+    for (int64_t V : {1, 1000, 128256}) {
+      const int64_t B = 33;
+      Tensor logits = randn({B, V}, torch::kFloat, 3.0).to(t);
+      auto f32 = torch::TensorOptions().device(kDev);
+      Tensor temp = torch::zeros({B}, f32), topp = torch::ones({B}, f32);
+      Tensor topk = torch::zeros({B}, f32.dtype(torch::kInt));
+      Tensor seed = torch::arange(B, f32.dtype(torch::kLong)), counter = torch::zeros({B}, f32.dtype(torch::kLong));
+      Tensor tok = cuda::sample(logits, temp, topk, topp, seed, counter);
+      EXPECT_TRUE(torch::equal(tok.to(torch::kLong), logits.to(torch::kFloat).argmax(-1))) << dname(t) << " V " << V;
+      EXPECT_TRUE((counter == 1).all().item<bool>());
+      // top_k = 1 at any temperature is greedy too
+      temp.fill_(1.3);
+      topk.fill_(1);
+      tok = cuda::sample(logits, temp, topk, topp, seed, counter);
+      // (bf16 logits can tie at the maximum: top-k keeps ties, so compare values, not indices)
+      auto lf = logits.to(torch::kFloat);
+      EXPECT_TRUE(torch::equal(lf.gather(1, tok.to(torch::kLong).unsqueeze(1)).squeeze(1), std::get<0>(lf.max(-1))))
+          << dname(t) << " top_k=1";
+    }
+}
+
+// The distribution after temperature, top-k then top-p (transformers' order and semantics).
+std::vector<double> filtered_probs(const Tensor& row, double temp, int64_t k, double p) {
+  auto z = (row.to(torch::kCPU, torch::kDouble) / temp);
+  const int64_t V = z.size(0);
+  if (k > 0 && k < V) {
+    double kth = std::get<0>(z.topk(k)).min().item<double>();
+    z = torch::where(z < kth, torch::full_like(z, -INFINITY), z);
+  }
+  auto pr = torch::softmax(z, 0);
+  if (p < 1) {
+    auto [sorted, idx] = pr.sort(0, true);
+    auto cum = sorted.cumsum(0);
+    // keep the smallest prefix whose mass reaches p
+    auto keep_sorted = (cum - sorted) < p;
+    auto keep = torch::zeros_like(keep_sorted).scatter(0, idx, keep_sorted);
+    pr = torch::where(keep, pr, torch::zeros_like(pr));
+    pr = pr / pr.sum();
+  }
+  return std::vector<double>(pr.data_ptr<double>(), pr.data_ptr<double>() + V);
+}
+
+TEST(GpuOps, SampleDistributionAndDeterminism) {
+  REQUIRE_GPU();
+  torch::manual_seed(8);
+  const int64_t V = 50, B = 40000;
+  Tensor row = randn({V}, torch::kFloat, 1.5);
+  Tensor logits = row.unsqueeze(0).expand({B, V}).contiguous();
+  auto o = torch::TensorOptions().device(kDev);
+  struct Case { double temp; int k; double p; };
+  for (Case c : {Case{1.0, 0, 1.0}, Case{0.7, 20, 1.0}, Case{0.7, 0, 0.9}, Case{1.3, 10, 0.8}}) {
+    Tensor temp = torch::full({B}, c.temp, o), topp = torch::full({B}, c.p, o);
+    Tensor topk = torch::full({B}, c.k, o.dtype(torch::kInt));
+    Tensor seed = torch::arange(B, o.dtype(torch::kLong)) * 7919 + 3, counter = torch::zeros({B}, o.dtype(torch::kLong));
+    Tensor tok = cuda::sample(logits, temp, topk, topp, seed, counter).cpu().to(torch::kLong);
+    auto expect = filtered_probs(row, c.temp, c.k, c.p);
+    auto counts = torch::bincount(tok, {}, V);
+    for (int64_t j = 0; j < V; ++j) {
+      const double f = counts[j].item<int64_t>() / static_cast<double>(B), e = expect[j];
+      if (e == 0) {
+        EXPECT_EQ(f, 0) << "token " << j << " is filtered out but was sampled (temp " << c.temp << " k " << c.k << " p " << c.p << ")";
+      } else {
+        EXPECT_LE(std::abs(f - e), 5 * std::sqrt(e * (1 - e) / B) + 1e-3)
+            << "token " << j << " freq " << f << " expected " << e << " (temp " << c.temp << " k " << c.k << " p " << c.p << ")";
+      }
+    }
+    // the same seeds and counters draw the same tokens; the advanced counters draw new ones
+    Tensor counter0 = torch::zeros({B}, o.dtype(torch::kLong));
+    Tensor again = cuda::sample(logits, temp, topk, topp, seed, counter0).cpu().to(torch::kLong);
+    EXPECT_TRUE(torch::equal(tok, again));
+    Tensor next = cuda::sample(logits, temp, topk, topp, seed, counter0).cpu().to(torch::kLong);
+    EXPECT_FALSE(torch::equal(tok, next));
+  }
+}
+
+// Plain per-row reference of the KD chunk (fp64 autograd), same definitions as distill/kd_loss.h.
+struct KdRef { Tensor kd, ce, grad; };
+KdRef kd_reference(const Tensor& zs_in, const Tensor& zt_in, const Tensor& labels, const cuda::KdChunkOptions& o) {
+  Tensor zs = zs_in.to(torch::kCPU, torch::kDouble).set_requires_grad(true);
+  Tensor zt = zt_in.to(torch::kCPU, torch::kDouble);
+  const int64_t V = zs.size(1), Vc = std::min(V, zt.size(1));
+  auto lab = labels.cpu();
+  auto valid = (lab != o.ignore_index).to(torch::kDouble);
+  auto lq = torch::log_softmax(zs.narrow(1, 0, Vc) / o.tau, -1), lp = torch::log_softmax(zt.narrow(1, 0, Vc) / o.tau, -1);
+  Tensor kd;
+  if (o.kind == 0) kd = (lp.exp() * (lp - lq)).sum(-1);
+  else if (o.kind == 1) kd = (lq.exp() * (lq - lp)).sum(-1);
+  else {
+    auto lm = torch::logaddexp(std::log(o.beta) + lp, std::log(1 - o.beta) + lq);
+    kd = o.beta * (lp.exp() * (lp - lm)).sum(-1) + (1 - o.beta) * (lq.exp() * (lq - lm)).sum(-1);
+  }
+  auto safe = torch::where(lab == o.ignore_index, torch::zeros_like(lab), lab);
+  Tensor ce = -torch::log_softmax(zs, -1).gather(1, safe.unsqueeze(1)).squeeze(1);
+  Tensor total = (((o.kd_weight * o.w_kd) * kd + (1 - o.kd_weight) * ce) * valid).sum() * o.grad_scale;
+  total.backward();
+  return {(kd * valid).detach(), (ce * valid).detach(), zs.grad()};
+}
+
+TEST(GpuOps, KdLossChunkMatchesReference) {
+  REQUIRE_GPU();
+  torch::manual_seed(9);
+  for (auto t : kTypes)
+    for (int kind : {0, 1, 2})
+      for (int64_t N : {1, 19, 111})
+        for (int64_t V : {1000, 50257}) {
+          for (double tau : {1.0, 2.0}) {
+            cuda::KdChunkOptions o;
+            o.kind = kind;
+            o.tau = tau;
+            o.beta = 0.3;
+            o.kd_weight = kind == 2 ? 1.0 : 0.6;
+            o.w_kd = tau * tau;
+            o.grad_scale = 1.0 / N;
+            const int64_t Vt = V + (kind == 1 ? 64 : 0);  // a teacher padded past the student's vocabulary
+            Tensor zs = randn({N, V}, t, 3.0), zt = randn({N, Vt}, t, 3.0);
+            Tensor labels = torch::randint(0, V, {N}, torch::TensorOptions().dtype(torch::kLong).device(kDev));
+            if (N > 1) labels[1] = o.ignore_index;
+            KdRef ref = kd_reference(zs, zt, labels, o);
+            Tensor grad = torch::empty_like(zs);
+            auto [kd, ce] = cuda::kd_loss_chunk(zs, zt, labels, grad, o);
+            const double b = t == torch::kFloat ? 1e-5 : 2 * bound(t);
+            std::string what = std::string(dname(t)) + " kind " + std::to_string(kind) + " N " + std::to_string(N) +
+                               " V " + std::to_string(V) + " tau " + std::to_string(tau);
+            EXPECT_LE(rel(kd, ref.kd), t == torch::kFloat ? 1e-5 : 5e-2) << what << " kd";
+            if (o.kd_weight < 1) EXPECT_LE(rel(ce, ref.ce), t == torch::kFloat ? 1e-5 : 2e-2) << what << " ce";
+            else EXPECT_EQ(ce.abs().sum().item<double>(), 0.0) << what << " ce is not computed at kd_weight 1";
+            EXPECT_LE(rel(grad, ref.grad), b * (t == torch::kFloat ? 1 : 2)) << what << " grad";
+            // in place over the student logits gives the same gradient
+            Tensor zs2 = zs.clone();
+            cuda::kd_loss_chunk(zs2, zt, labels, zs2, o);
+            EXPECT_TRUE(torch::equal(zs2, grad)) << what << " in place";
+          }
+        }
+}
+
+TEST(GpuOps, FusedKdLossOnCudaMatchesPlainLoss) {
+  REQUIRE_GPU();
+  torch::manual_seed(10);
+  const int64_t N = 300, C = 64, Ct = 96, V = 5000;
+  for (const char* kind : {"fkl", "rkl", "jsd"})
+    for (double kdw : {1.0, 0.5}) {
+      auto o32 = torch::TensorOptions().device(kDev);
+      Tensor h = torch::randn({N, C}, o32).set_requires_grad(true);
+      Tensor w = (torch::randn({V, C}, o32) * 0.2).set_requires_grad(true);
+      Tensor labels = torch::randint(0, V, {N}, o32.dtype(torch::kLong));
+      labels.narrow(0, 0, 5).fill_(-100);
+      OnlineTeacher teacher{torch::randn({N, Ct}, o32), torch::randn({V + 8, Ct}, o32) * 0.2, 1.0};
+      KdLossOptions opt;
+      opt.kind = kind;
+      opt.kd_weight = kdw;
+      opt.temperature = 1.5;
+      opt.chunk_tokens = 128;  // 3 chunks, the last one short
+      auto parts = fused_kd_loss(h, w, labels, {teacher}, {}, opt);
+      parts.loss.backward();
+      Tensor gh = h.grad().clone(), gw = w.grad().clone();
+      h.mutable_grad().reset();
+      w.mutable_grad().reset();
+      Tensor ref = reference_kd_loss(h, w, labels, {teacher}, {}, opt);
+      ref.backward();
+      EXPECT_LE(std::abs(parts.loss.item<double>() - ref.item<double>()) / std::abs(ref.item<double>()), 1e-5) << kind;
+      EXPECT_LE(rel(gh, h.grad()), 1e-5) << kind << " d hidden";
+      EXPECT_LE(rel(gw, w.grad()), 1e-5) << kind << " d weight";
+    }
+}
+
+Llama tiny_llama(torch::ScalarType dtype, int64_t D, int64_t H, int64_t Hkv) {
+  LlamaConfig c;
+  c.vocab_size = 1000;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = H;
+  c.num_key_value_heads = Hkv;
+  c.head_dim = D;
+  c.rope_theta = 500000;
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 8;
+  c.max_position_embeddings = 4096;
+  c.eos_token_id = {1};
+  Llama m(c);
+  m->init_random(11, 0.08);
+  m->to(dtype);
+  return m;
+}
+
+TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
+  REQUIRE_GPU();
+  for (auto [D, H, Hkv] : {std::tuple<int64_t, int64_t, int64_t>{64, 4, 2}, {128, 6, 2}}) {
+    Llama m = tiny_llama(torch::kFloat, D, H, Hkv);
+    auto cpu = make_torch_backend(m);
+    CudaBackendOptions opt;
+    opt.dtype = torch::kFloat;
+    for (bool graphs : {false, true}) {
+      opt.graphs = graphs;
+      auto gpu = make_cuda_backend(m, opt);
+      cpu->reserve(3, 200);
+      gpu->reserve(3, 200);
+      std::mt19937 rng(5);
+      std::vector<int64_t> prompt(40);
+      for (auto& x : prompt) x = rng() % 1000;
+      auto ids = torch::tensor(prompt, torch::kLong).unsqueeze(0);
+      for (int64_t s = 0; s < 3; ++s) {
+        auto a = cpu->step(ids, {s}, {0}), b = gpu->step(ids, {s}, {0});
+        EXPECT_LE(rel(b, a), 1e-4) << "prefill D " << D << " graphs " << graphs;
+      }
+      // a second prefill chunk continues the cache (masked SDPA)
+      auto more = torch::tensor(std::vector<int64_t>{5, 6, 7, 8}, torch::kLong).unsqueeze(0);
+      EXPECT_LE(rel(gpu->step(more, {2}, {40}), cpu->step(more, {2}, {40})), 1e-4);
+      // batched decode with different positions
+      for (int64_t i = 0; i < 20; ++i) {
+        auto tok = torch::tensor(std::vector<int64_t>{int64_t(rng() % 1000), int64_t(rng() % 1000), int64_t(rng() % 1000)}, torch::kLong).unsqueeze(1);
+        std::vector<int64_t> start = {40 + i, 40 + i, 44 + i};
+        auto a = cpu->step(tok, {0, 1, 2}, start), b = gpu->step(tok, {0, 1, 2}, start);
+        EXPECT_LE(rel(b, a), 1e-4) << "decode step " << i << " D " << D << " graphs " << graphs;
+      }
+    }
+    // greedy through the engine, and decode_loop's on-device greedy, equal the CPU engine's tokens
+    Engine ecpu(make_torch_backend(m));
+    opt.graphs = true;
+    auto gpu = make_cuda_backend(m, opt);
+    CudaBackend* raw = gpu.get();
+    Engine egpu(std::move(gpu));
+    GenerationRequest r;
+    r.prompt = {3, 14, 15, 92, 65, 35};
+    r.sampling.max_tokens = 32;
+    r.sampling.ignore_eos = true;
+    auto rc = ecpu.generate({r, r});
+    auto rg = egpu.generate({r, r});
+    EXPECT_EQ(rc[0].tokens, rg[0].tokens) << "D " << D;
+    EXPECT_EQ(rg[0].tokens, rg[1].tokens);
+    // decode_loop from the same prefill: tokens 2.. equal the engine's
+    raw->reserve(2, 64);
+    auto ids = torch::tensor(std::vector<int64_t>(r.prompt.begin(), r.prompt.end()), torch::kLong).unsqueeze(0);
+    raw->step(ids, {0}, {0});
+    raw->step(ids, {1}, {0});
+    std::vector<int32_t> first = {rc[0].tokens[0], rc[0].tokens[0]};
+    auto loop = raw->decode_loop(first, {0, 1}, {6, 6}, 31, {DeviceSampling{}, DeviceSampling{}});
+    for (int64_t i = 0; i < 31; ++i) {
+      EXPECT_EQ(loop[0][i].item<int>(), rc[0].tokens[i + 1]) << "decode_loop step " << i;
+      EXPECT_EQ(loop[1][i].item<int>(), rc[0].tokens[i + 1]);
+    }
+  }
+}
+
+TEST(GpuBackend, Bf16CloseToTorchBackend) {
+  REQUIRE_GPU();
+  Llama m = tiny_llama(torch::kBFloat16, 64, 4, 2);
+  Llama m32 = tiny_llama(torch::kFloat, 64, 4, 2);
+  auto cpu = make_torch_backend(m32);
+  auto gpu = make_cuda_backend(m);
+  cpu->reserve(1, 100);
+  gpu->reserve(1, 100);
+  auto ids = torch::randint(0, 1000, {1, 30}, torch::kLong);
+  EXPECT_LE(rel(gpu->step(ids, {0}, {0}), cpu->step(ids, {0}, {0})), 3e-2);
+  for (int64_t i = 0; i < 10; ++i) {
+    auto t = torch::randint(0, 1000, {1, 1}, torch::kLong);
+    EXPECT_LE(rel(gpu->step(t, {0}, {30 + i}), cpu->step(t, {0}, {30 + i})), 3e-2) << i;
+  }
+}
+
+TEST(GpuOps, ErrorsNameTheProblem) {
+  REQUIRE_GPU();
+  Tensor x = randn({4, 64}, torch::kFloat), w = randn({32}, torch::kFloat);
+  EXPECT_NE(test::error_of([&] { cuda::add_rmsnorm(x, std::nullopt, w, 1e-5); }).find("weight has shape (32)"), std::string::npos);
+  Tensor xi = x.to(torch::kInt);
+  EXPECT_NE(test::error_of([&] { cuda::swiglu(xi); }).find("dtype Int"), std::string::npos);
+  Tensor xc = x.cpu();
+  EXPECT_NE(test::error_of([&] { cuda::swiglu(xc); }).find("must be a CUDA tensor"), std::string::npos);
+}
+
+// Runs everywhere: without a GPU the CUDA backend refuses with a clear message, never crashes.
+TEST(GpuBackend, RefusesClearlyWithoutGpu) {
+  if (cuda::available()) GTEST_SKIP() << "a GPU is present";
+  Llama m = tiny_llama(torch::kFloat, 64, 4, 2);
+  std::string e = test::error_of([&] { make_cuda_backend(m); });
+  EXPECT_TRUE(e.find("CUDA") != std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace bonsai
