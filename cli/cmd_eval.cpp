@@ -30,6 +30,7 @@ std::unique_ptr<Command> make_eval_command(CLI::App& app) {
   s.add_choice("bos", &cfg->bos, {"auto", "true", "false"}, "prepend BOS: auto = when the tokenizer asks for it");
   s.add("window", &cfg->window, "perplexity: tokens per window; 0 = min(model context, 2048)");
   s.add("stride", &cfg->stride, "perplexity: window step; 0 = window / 2");
+  s.add("batch_tokens", &cfg->batch_tokens, "multiple choice: questions packed per forward, in tokens (1 = one question at a time)");
   s.add("max_tokens", &cfg->max_tokens, "gsm8k: most tokens generated per question");
   s.add("batch_size", &cfg->batch_size, "gsm8k: questions generated together");
   s.add("seed", &cfg->seed, "seed of the few-shot draws");

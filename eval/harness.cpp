@@ -118,20 +118,15 @@ size_t limited(size_t n, int64_t limit, const std::string& what) {
 
 // ---------------------------------------------------------------- multiple choice
 
-struct McEncoded {
-  std::vector<int32_t> context;
-  std::vector<std::vector<int32_t>> continuations;
-};
-
 // lm-evaluation-harness's _encode_pair, with the context shared by every choice.
-McEncoded encode_mc(const Setup& s, std::string ctx, const McQuestion& q) {
+McRequest encode_mc(const Setup& s, std::string ctx, const McQuestion& q) {
   std::vector<std::string> conts;
   for (const auto& c : q.choices) conts.push_back((s.tmpl ? "" : q.delimiter) + c);
   if (s.tmpl) ctx = s.tmpl->render({{"user", ctx}}, /*add_generation_prompt=*/true);
   size_t keep = ctx.find_last_not_of(" \t\n\r\f\v");
   std::string moved = keep == std::string::npos ? ctx : ctx.substr(keep + 1);
   ctx.resize(ctx.size() - moved.size());
-  McEncoded e;
+  McRequest e;
   e.context = s.tok->encode(ctx, /*parse_special=*/true);
   const size_t n_ctx = e.context.size();  // continuation ids start here in encode(ctx + cont)
   if (s.bos) e.context.insert(e.context.begin(), s.tok->bos_id());
@@ -161,18 +156,8 @@ json run_mc(const EvalConfig& cfg, const std::string& data, json& settings, json
   Progress bar(cfg.task, static_cast<int64_t>(n), cfg.progress);
   int64_t correct = 0, correct_norm = 0, tokens = 0;
   std::map<std::string, std::pair<int64_t, int64_t>> groups;  // group -> (questions, correct)
-  auto t0 = Clock::now();
-  for (size_t i = 0; i < n; ++i) {
+  auto record = [&](size_t i, const McRequest& e, const std::vector<ContinuationScore>& scores) {
     const McQuestion& q = task.questions[i];
-    McEncoded e = encode_mc(s, mc_context(task, i, shots, static_cast<uint64_t>(cfg.seed)), q);
-    size_t longest = 0;
-    for (const auto& c : e.continuations) longest = std::max(longest, c.size());
-    if (static_cast<int64_t>(e.context.size() + longest) > s.context)
-      throw Error(q.where + ": the prompt is " + std::to_string(e.context.size() + longest) + " tokens (context " +
-                      std::to_string(e.context.size()) + " + longest choice " + std::to_string(longest) +
-                      "), longer than the model's context of " + std::to_string(s.context),
-                  "use fewer --shots, or a model with a longer context");
-    auto scores = score_continuations(s.model, e.context, e.continuations);
     size_t pred = 0, pred_norm = 0;
     std::vector<double> lls, norm;
     for (size_t c = 0; c < scores.size(); ++c) {
@@ -180,9 +165,7 @@ json run_mc(const EvalConfig& cfg, const std::string& data, json& settings, json
       norm.push_back(scores[c].logprob / static_cast<double>(std::max<size_t>(1, q.choices[c].size())));
       if (lls[c] > lls[pred]) pred = c;
       if (norm[c] > norm[pred_norm]) pred_norm = c;
-      tokens += scores[c].tokens;
     }
-    tokens += static_cast<int64_t>(e.context.size());
     correct += pred == static_cast<size_t>(q.gold);
     correct_norm += pred_norm == static_cast<size_t>(q.gold);
     if (!q.group.empty()) {
@@ -190,23 +173,45 @@ json run_mc(const EvalConfig& cfg, const std::string& data, json& settings, json
       groups[q.group].second += pred == static_cast<size_t>(q.gold);
     }
     if (!cfg.samples.empty()) {
-      json r;
-      r["index"] = i;
-      r["where"] = q.where;
-      r["gold"] = q.gold;
-      r["pred"] = pred;
-      r["pred_norm"] = pred_norm;
-      r["logprobs"] = lls;
       std::vector<bool> greedy;
       std::vector<int64_t> ntok;
       for (const auto& sc : scores) greedy.push_back(sc.greedy), ntok.push_back(sc.tokens);
-      r["greedy"] = greedy;
-      r["continuation_tokens"] = ntok;
-      r["context_tokens"] = e.context.size();
-      samples_out.push_back(r);
+      samples_out.push_back({{"index", i}, {"where", q.where}, {"gold", q.gold}, {"pred", pred}, {"pred_norm", pred_norm},
+                             {"logprobs", lls}, {"greedy", greedy}, {"continuation_tokens", ntok},
+                             {"context_tokens", e.context.size()}});
     }
-    bar.advance();
+  };
+  auto t0 = Clock::now();
+  std::vector<McRequest> batch;
+  std::vector<size_t> batch_index;
+  int64_t batch_len = 0;
+  auto flush = [&] {
+    if (batch.empty()) return;
+    auto scores = score_requests(s.model, batch);
+    for (size_t b = 0; b < batch.size(); ++b) record(batch_index[b], batch[b], scores[b]);
+    bar.advance(static_cast<int64_t>(batch.size()));
+    batch.clear();
+    batch_index.clear();
+    batch_len = 0;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const McQuestion& q = task.questions[i];
+    McRequest e = encode_mc(s, mc_context(task, i, shots, static_cast<uint64_t>(cfg.seed)), q);
+    size_t longest = 0;
+    int64_t len = static_cast<int64_t>(e.context.size());
+    for (const auto& c : e.continuations) longest = std::max(longest, c.size()), len += static_cast<int64_t>(c.size()) - 1;
+    if (static_cast<int64_t>(e.context.size() + longest) > s.context)
+      throw Error(q.where + ": the prompt is " + std::to_string(e.context.size() + longest) + " tokens (context " +
+                      std::to_string(e.context.size()) + " + longest choice " + std::to_string(longest) +
+                      "), longer than the model's context of " + std::to_string(s.context),
+                  "use fewer --shots, or a model with a longer context");
+    if (batch_len > 0 && batch_len + len > cfg.batch_tokens) flush();
+    tokens += len;
+    batch_len += len;
+    batch.push_back(std::move(e));
+    batch_index.push_back(i);
   }
+  flush();
   const double eval_s = secs_since(t0);
   json m;
   double acc = static_cast<double>(correct) / n, acc_norm = static_cast<double>(correct_norm) / n;
@@ -221,7 +226,7 @@ json run_mc(const EvalConfig& cfg, const std::string& data, json& settings, json
     m["groups"] = g;
   }
   m["timing"] = {{"load_s", s.load_s}, {"eval_s", eval_s}, {"items_per_s", n / std::max(eval_s, 1e-9)},
-                 {"tokens", tokens}};
+                 {"tokens", tokens}, {"batch_tokens", cfg.batch_tokens}};
   return m;
 }
 

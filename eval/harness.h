@@ -34,6 +34,7 @@ struct EvalConfig {
   std::string bos = "auto";  // auto (the tokenizer's add_bos), true, false
   int64_t window = 0;      // perplexity: tokens per window; 0 = min(model context, 2048)
   int64_t stride = 0;      // perplexity: 0 = window / 2
+  int64_t batch_tokens = 512;  // multiple choice: questions are packed into forwards of about this many tokens
   int64_t max_tokens = 256;  // gsm8k: generated tokens per question
   int64_t batch_size = 16;   // gsm8k: questions per engine batch
   int64_t seed = 1234;       // few-shot draws

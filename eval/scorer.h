@@ -1,14 +1,15 @@
 // Log-likelihood scoring on a Llama (model/llama.h) for multiple-choice tasks and perplexity.
 //
-// Multiple choice shares the context: the context runs through the model once (keeping every
-// layer's K/V), then all choices' continuations run together as ONE packed sequence that attends to
-// the context's K/V and, causally, to its own choice only (a block-diagonal mask), each token at its
-// true position (RoPE). Logits are computed only where a continuation token is predicted. This is
-// the same arithmetic as running each context+continuation through the model (what
-// lm-evaluation-harness does), up to fp32 summation order; tests/test_eval.cpp and
-// scripts/ref/eval_ref.py check it against transformers.
+// Multiple choice shares the context: a question's context is computed once for all its choices.
+// Several questions are packed into ONE sequence (B=1): each question's context tokens, then each
+// choice's continuation tokens, every token at its true position (RoPE), with a mask that lets a
+// token see only its own question's context and, causally, its own choice. One forward then does
+// many questions with large matrix products (2 CPU cores are far from busy at 20-40 rows), and
+// logits are computed only for the rows that predict a continuation token. This is the arithmetic
+// of running each context+continuation through the model (what lm-evaluation-harness does), up to
+// fp32 summation order; scripts/ref/eval_ref.py checks it against transformers.
 //
-// Shapes: T context length, S packed continuation tokens, C hidden, H/Hkv heads, D head dim, V vocab.
+// Shapes: T context length, N packed tokens, R rows with logits, C hidden, H/Hkv heads, D head dim, V vocab.
 #pragma once
 
 #include <torch/torch.h>
@@ -26,8 +27,16 @@ struct ContinuationScore {
   int64_t tokens = 0;
 };
 
-// Scores each continuation after the shared `context` (non-empty; every continuation non-empty).
-// The caller checks that context + the longest continuation fits the model's context.
+struct McRequest {
+  std::vector<int32_t> context;                    // non-empty
+  std::vector<std::vector<int32_t>> continuations;  // each non-empty
+};
+
+// Scores every continuation of every request in one packed forward; out[q][c]. The caller checks
+// that each context + its longest continuation fits the model's context, and bounds the total
+// tokens (attention over the packed sequence is N^2).
+std::vector<std::vector<ContinuationScore>> score_requests(Llama& model, const std::vector<McRequest>& reqs);
+// One question.
 std::vector<ContinuationScore> score_continuations(Llama& model, const std::vector<int32_t>& context,
                                                    const std::vector<std::vector<int32_t>>& continuations);
 

@@ -4,11 +4,12 @@
     eval_ref.py mc   --model HF_DIR --task arc|hellaswag|piqa|jsonl-mc --data PATH [--limit N] [--out S.jsonl]
     eval_ref.py ppl  --model HF_DIR --data TEXT [--limit TOKENS] --window W --stride S
     eval_ref.py check-mc  --bonsai BIN --model HF_DIR --task T --data PATH --limit N [--rtol 1e-4] [--json OUT]
+    eval_ref.py check-mc  --bonsai BIN --model HF_DIR --task mmlu --data DIR --write-mmlu-fixture   (5-shot)
     eval_ref.py check-ppl --bonsai BIN --model HF_DIR --data TEXT --limit TOKENS --window W --stride S [--rtol 1e-3]
 
 The reference is written independently of bonsai's C++: it reads the task files itself, builds the
 prompts as lm-evaluation-harness does (ARC/PIQA "Question: ...\\nAnswer:", a choice is " " + text;
-HellaSwag ctx + " " + ending; _encode_pair: trailing spaces of the context move to the continuation,
+HellaSwag ctx + " " + ending; MMLU's 5-shot "The following are ..." prompt with " A".." D"; _encode_pair: trailing spaces of the context move to the continuation,
 continuation ids = encode(context + continuation)[len(encode(context)):]), and scores every
 (context, choice) pair with one full forward of AutoModelForCausalLM in fp32 (what lm-eval does with
 batch size 1). acc = argmax log-likelihood, acc_norm = argmax of it / len(choice in UTF-8 bytes).
@@ -64,9 +65,41 @@ def load_mc(task, path):
         for line, lab in zip(p.read_text().splitlines(), labels):
             d = json.loads(line)
             out.append(("Question: " + d["goal"] + "\nAnswer:", [d["sol1"], d["sol2"]], int(lab), " "))
+    elif task == "mmlu":  # Hendrycks' CSV folder: test/SUBJECT_test.csv; few-shot from dev/SUBJECT_dev.csv
+        import csv
+        for f in sorted((Path(path) / "test").glob("*_test.csv")):
+            subject = f.name[: -len("_test.csv")]
+            desc = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+            def fmt(r):
+                return f"{r[0]}\nA. {r[1]}\nB. {r[2]}\nC. {r[3]}\nD. {r[4]}\nAnswer:"
+            dev_file = Path(path) / "dev" / f"{subject}_dev.csv"
+            dev = list(csv.reader(dev_file.open(newline=""))) if dev_file.exists() else []
+            shots = "".join(fmt(r) + " " + r[5] + "\n\n" for r in dev[:MMLU_SHOTS])
+            for r in csv.reader(f.open(newline="")):
+                out.append((desc + shots + fmt(r), ["A", "B", "C", "D"], "ABCD".index(r[5]), " "))
     else:
         sys.exit(f"unknown task {task}")
     return out
+
+
+MMLU_SHOTS = 5
+
+
+def write_mmlu_fixture(d):
+    """A hand-written two-subject MMLU folder (quoted commas, a doubled quote, a line break, CRLF)."""
+    d = Path(d)
+    (d / "test").mkdir(parents=True, exist_ok=True)
+    (d / "dev").mkdir(parents=True, exist_ok=True)
+    (d / "test" / "high_school_physics_test.csv").write_bytes(
+        b'"A ball, dropped from rest, falls for 2 s. Its ""speed""\nis about",5 m/s,10 m/s,20 m/s,40 m/s,C\r\n'
+        b"What is the SI unit of force?,joule,newton,watt,pascal,B\n"
+        b"Light travels fastest in,glass,water,vacuum,diamond,C\n")
+    (d / "test" / "world_religions_test.csv").write_text(
+        "Which city is the holiest in Islam?,Mecca,Cairo,Rome,Delhi,A\n"
+        "How many days are there in a week?,five,six,seven,eight,C\n")
+    dev = "".join(f"Practice question {i}: what is {i} + {i}?,{2 * i},{2 * i + 1},{i},{3 * i},A\n" for i in range(1, 6))
+    for subject in ("high_school_physics", "world_religions"):
+        (d / "dev" / f"{subject}_dev.csv").write_text(dev)
 
 
 def encode_pair(tok, context, continuation):
@@ -172,7 +205,10 @@ def run_bonsai(args, extra):
 
 
 def check_mc(args):
-    b_metrics, b_rows = run_bonsai(args, ["--limit", str(args.limit)])
+    extra = ["--limit", str(args.limit)] if args.limit else []
+    if args.task == "mmlu":
+        extra += ["--shots", str(MMLU_SHOTS)]
+    b_metrics, b_rows = run_bonsai(args, extra)
     r_rows, r_sum = ref_mc(args)
     bad, worst = [], 0.0
     for b, r in zip(b_rows, r_rows):
@@ -239,7 +275,10 @@ def main():
     ap.add_argument("--bonsai")
     ap.add_argument("--rtol", type=float)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0 = default)")
+    ap.add_argument("--write-mmlu-fixture", action="store_true", help="first write the hand-written MMLU folder at --data")
     args = ap.parse_args()
+    if args.write_mmlu_fixture:
+        write_mmlu_fixture(args.data)
     if not Path(args.data).exists():
         print(f"skipped: no data at {args.data} (the workplace's ../shared/data is absent)")
         return 77
