@@ -198,8 +198,9 @@ class FusedKdCudaFn : public torch::autograd::Function<FusedKdCudaFn> {
     const auto& o = *a->opt;
     const Tensor& labels = *a->labels;
     const int64_t N = hidden.size(0), V = weight.size(0);
-    const auto cdt = (hidden.scalar_type() == torch::kBFloat16 || hidden.scalar_type() == torch::kHalf)
-                         ? hidden.scalar_type() : torch::kFloat;
+    // bf16 keeps fp32's exponent range, so bf16 logits and gradients are fine; fp16 would flush the
+    // ~1/V-sized gradients to subnormals, so fp16 (and fp32) inputs are computed in fp32.
+    const auto cdt = hidden.scalar_type() == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat;
     Tensor h = hidden.detach().to(cdt).contiguous(), w = weight.detach().to(cdt).contiguous();
     Tensor th, tw;
     double mix = 1.0;

@@ -52,10 +52,19 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
     for (int i = 0; i < V; ++i) acc[g][i] = 0.f;
   }
   const int64_t base = (static_cast<int64_t>(slot[b]) * Hkv + kvh) * max_seq * D + gl * V;
-  for (int p = s0 + grp; p < s1; p += GROUPS) {
+  // The trip count is the same for every thread of the block (the shuffles below need the whole
+  // warp); a group whose position is past the chunk reads nothing and skips the update.
+  for (int pb = s0; pb < s1; pb += GROUPS) {
+    const int p = pb + grp;
+    const bool live = p < s1;
     Vec<T> kv, vv;
-    kv.load(kc + base + static_cast<int64_t>(p) * D);
-    vv.load(vc + base + static_cast<int64_t>(p) * D);
+    if (live) {
+      kv.load(kc + base + static_cast<int64_t>(p) * D);
+      vv.load(vc + base + static_cast<int64_t>(p) * D);
+    } else {
+      kv.raw = make_uint4(0, 0, 0, 0);
+      vv.raw = kv.raw;
+    }
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g) {
       if (g < G) {
@@ -64,6 +73,7 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
         for (int i = 0; i < V; ++i) d = fmaf(qv[g][i], kv.get(i), d);
 #pragma unroll
         for (int o = LPP / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (!live) continue;
         const float mn = fmaxf(m[g], d);
         const float corr = __expf(m[g] - mn), pe = __expf(d - mn);
         l[g] = l[g] * corr + pe;

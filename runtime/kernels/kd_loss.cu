@@ -74,6 +74,8 @@ __global__ void __launch_bounds__(kThreads) kd_kernel(const T* __restrict__ zs, 
     if (threadIdx.x == 0) { row_kd[row] = 0.f; row_ce[row] = 0.f; }
     return;
   }
+  // The label's logit, read before any thread overwrites the row (grad may alias zs).
+  const float s_label = to_f(s[label]);
   const bool kd = t != nullptr && p.kd_weight > 0.f;
   const bool ce = p.kd_weight < 1.f;
   const int64_t Vc = kd ? min(V, Vt) : 0;
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) kd_kernel(const T* __restrict__ zs, 
   }
   if (threadIdx.x == 0) {
     row_kd[row] = div;
-    row_ce[row] = ce ? lse_1 - to_f(s[label]) : 0.f;
+    row_ce[row] = ce ? lse_1 - s_label : 0.f;
   }
 }
 

@@ -20,21 +20,21 @@ run=.gpu/run.sh
 cat "$OUT/gpu.txt"
 
 echo "== GPU tests"
-timeout 240 $run bonsai_gpu_tests --gtest_output=json:"$OUT/tests.json" >"$OUT/tests.log" 2>&1
+timeout ${T_TESTS:-240} $run bonsai_gpu_tests --gtest_output=json:"$OUT/tests.json" >"$OUT/tests.log" 2>&1
 echo "tests rc=$?"
 grep -E '^\[  (FAILED|PASSED|SKIPPED) |^\[==========\]' "$OUT/tests.log" | tail -15
 grep -B2 -A8 'Failure' "$OUT/tests.log" | head -80
 
 echo "== bench (ours)"
-timeout 240 $run bench_gpu >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
+timeout ${T_BENCH:-240} $run bench_gpu >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
 echo "bench rc=$?"; tail -5 "$OUT/bench.err"
 
 echo "== peers (transformers / plain PyTorch)"
 : >"$OUT/peers.jsonl"
-timeout 150 python3 scripts/gpu/peer_decode.py --batch 1 32 --prompt-len 128 --new-tokens 128 --modes eager static \
+timeout ${T_PEER_DECODE:-150} python3 scripts/gpu/peer_decode.py --batch 1 32 --prompt-len 128 --new-tokens ${NEW_TOKENS:-128} --modes eager static \
   --json "$OUT/peers.jsonl" >/dev/null 2>"$OUT/peers.err"
 echo "peer_decode rc=$?"
-timeout 120 python3 scripts/gpu/peer_distill.py --seq 2048 --batch 1 --peak-tflops 989 --json "$OUT/peers.jsonl" \
+timeout ${T_PEER_DISTILL:-120} python3 scripts/gpu/peer_distill.py --seq 2048 --batch 1 --peak-tflops 989 --json "$OUT/peers.jsonl" \
   >/dev/null 2>>"$OUT/peers.err"
 echo "peer_distill rc=$?"; tail -3 "$OUT/peers.err"
 

@@ -158,7 +158,7 @@ def main() -> int:
     torch.manual_seed(0)
     device = torch.device(a.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device if device.index is not None else 0)
         dev_name = torch.cuda.get_device_name(device)
     else:
         dev_name = "cpu"

@@ -131,7 +131,7 @@ def main() -> int:
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device if device.index is not None else 0)
     dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
 
     t0 = time.perf_counter()
