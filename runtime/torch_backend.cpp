@@ -5,14 +5,48 @@
 // L attended positions, C hidden, H/Hkv heads, D head dim, V vocab.
 #include <torch/torch.h>
 
+#include <cstdlib>
+
 #include "core/error.h"
 #include "runtime/backend.h"
+#include "runtime/cpu/gemv.h"
 
 namespace bonsai {
 namespace {
 
 namespace F = torch::nn::functional;
 using torch::indexing::Slice;
+
+// x (..., K) @ W (N, K)^T. On the CPU at batch*time <= 8 (decode), our AVX2 GEMV (runtime/cpu/gemv.h)
+// threaded over W's rows: one pass over the weights at memory speed, where LibTorch's bf16 path
+// reached ~10 GB/s. Elsewhere (prefill, batches, GPUs, CPUs without AVX2/FMA/F16C) F::linear.
+// BONSAI_CPU_GEMV=0 turns the kernel off (for comparisons).
+torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("BONSAI_CPU_GEMV");
+    return cpu::gemv_supported() && !(e && std::string(e) == "0");
+  }();
+  const int64_t K = W.size(1), N = W.size(0);
+  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+  const auto wt = W.scalar_type();
+  if (!enabled || !x.device().is_cpu() || M < 1 || M > 8 || !W.is_contiguous() ||
+      (wt != torch::kFloat && wt != torch::kBFloat16 && wt != torch::kHalf) ||
+      (torch::GradMode::is_enabled() && (x.requires_grad() || W.requires_grad())))
+    return F::linear(x, W);
+  torch::Tensor xf = x.reshape({M, K}).to(torch::kFloat).contiguous();
+  torch::Tensor y = torch::empty({M, N}, xf.options());
+  const cpu::WType t = wt == torch::kFloat ? cpu::WType::F32 : wt == torch::kBFloat16 ? cpu::WType::BF16 : cpu::WType::F16;
+  const int64_t grain = std::max<int64_t>(8, 65536 / (K * W.element_size()));  // >= 64 KB of W per task
+  const void* wp = W.data_ptr();
+  const float* xp = xf.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    cpu::gemv_rows(t, wp, xp, static_cast<int>(M), K, n0, n1, yp, N);
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.to(x.scalar_type()).view(shape);
+}
 
 class TorchBackend : public Backend {
  public:
@@ -52,7 +86,7 @@ class TorchBackend : public Backend {
     for (size_t i = 0; i < layers.size(); ++i) x = layer(layers[i], i, x, cos, sin, at);
     x = x.select(1, T - 1);  // (B,C): only the last position's logits are needed
     x = rms_norm(x, model_->final_norm_weight(), cfg_.rms_norm_eps);
-    return F::linear(x, model_->output_weight()).to(torch::kFloat);  // (B,V)
+    return decode_linear(x, model_->output_weight()).to(torch::kFloat);  // (B,V)
   }
 
   const LlamaConfig& config() const override { return cfg_; }
@@ -113,19 +147,19 @@ class TorchBackend : public Backend {
     const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
     const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
     torch::Tensor h = rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
-    torch::Tensor q = F::linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
-    torch::Tensor k = F::linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
-    torch::Tensor v = F::linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
+    torch::Tensor q = decode_linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
+    torch::Tensor k = decode_linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
+    torch::Tensor v = decode_linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
     write_cache(k_[i], k, at);
     write_cache(v_[i], v, at);
     torch::Tensor a = attention(q, gather(k_[i], at), gather(v_[i], at), at);
     a = a.transpose(1, 2).reshape({B, T, H * D});
-    x = x + F::linear(a, l.o->weight);
+    x = x + decode_linear(a, l.o->weight);
     h = rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
-    torch::Tensor act = F::silu(F::linear(h, l.gate->weight)) * F::linear(h, l.up->weight);
-    return x + F::linear(act, l.down->weight);
+    torch::Tensor act = F::silu(decode_linear(h, l.gate->weight)) * decode_linear(h, l.up->weight);
+    return x + decode_linear(act, l.down->weight);
   }
 
   Llama model_;
