@@ -4,7 +4,8 @@
 #   - per-item log-likelihoods of the first 200 HellaSwag and ARC-Challenge items (and PIQA) within
 #     1e-4 relative, the chosen answer (acc and acc_norm) identical on every item, and items/s of
 #     each scoring loop (model load excluded);
-#   - perplexity on the whole wikitext-2.tokens.test.txt, windows of 2048 every 2048 tokens.
+#   - perplexity on wikitext-2.tokens.test.txt, windows of 2048 every 2048 tokens: the first
+#     PPL_TOKENS tokens (default 32768; 0 = the whole file, 312K tokens, ~20 min per side on 2 idle cores).
 # Reports land in WORKDIR/*.json.
 #   BONSAI_BIN=build/bonsai scripts/bench/eval_agreement.sh [WORKDIR] [ITEMS]
 set -euo pipefail
@@ -27,5 +28,6 @@ $ref check-mc --bonsai "$bin" --model "$work/smollm2-hf" --threads "$threads" --
   --data "$data/eval/piqa/valid.jsonl" --limit "$items" --json "$work/piqa.json" | tail -1
 if [ "${SKIP_PPL:-0}" != 1 ]; then
   $ref check-ppl --bonsai "$bin" --model "$work/smollm2-hf" --threads "$threads" \
-    --data "$data/text/wikitext-2.tokens.test.txt" --window 2048 --stride 2048 --json "$work/wikitext2.json" | tail -1
+    --data "$data/text/wikitext-2.tokens.test.txt" --limit "${PPL_TOKENS:-32768}" --window 2048 --stride 2048 \
+    --json "$work/wikitext2.json" | tail -1
 fi
