@@ -4,6 +4,9 @@
 #include <filesystem>
 #include <cstdio>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "cli/command.h"
 #include "core/strings.h"
 #include "core/atomic_file.h"
@@ -23,18 +26,44 @@ struct ExportConfig {
   std::string shard_size = "5GB";
 };
 
-void export_gguf(const ExportConfig& cfg, const Checkpoint& ck) {
-  if (ck.gguf_tokenizer_kv.empty()) {
-    throw Error("GGUF export of '" + cfg.model + "': its tokenizer cannot be written to GGUF yet",
-                "GGUF export currently takes a GGUF source (its tokenizer metadata is carried over)");
+// The unk token an HF directory's tokenizer_config.json names ("unk_token": "x" or {"content": "x"}).
+int32_t hf_unk_id(const std::string& hf_dir, const Tokenizer& tok) {
+  std::ifstream f(hf_dir + "/tokenizer_config.json");
+  if (!f) return -1;
+  nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("unk_token")) return -1;
+  const auto& u = j["unk_token"];
+  std::string text = u.is_string() ? u.get<std::string>() : (u.is_object() && u.contains("content") && u["content"].is_string())
+                                                                ? u["content"].get<std::string>() : "";
+  return text.empty() ? -1 : tok.token_id(text);
+}
+
+// A GGUF source carries its tokenizer.* keys over; an HF source has them written from its tokenizer.
+std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_for(const ExportConfig& cfg, const Checkpoint& ck) {
+  if (!ck.gguf_tokenizer_kv.empty()) return ck.gguf_tokenizer_kv;
+  if (ck.hf_dir.empty())
+    throw Error("GGUF export of '" + cfg.model + "': the source has no tokenizer to write into the GGUF",
+                "export from an HF directory with tokenizer.json, or from a GGUF");
+  try {
+    Tokenizer tok = Tokenizer::load(ck.hf_dir);
+    GgufTokenizerOptions o;
+    if (ck.config.pad_token_id) o.pad_id = static_cast<int32_t>(*ck.config.pad_token_id);
+    o.unk_id = hf_unk_id(ck.hf_dir, tok);
+    return gguf_tokenizer_kv(tok, o);
+  } catch (const Error& e) {
+    rethrow_with_context(e, "GGUF export of '" + cfg.model + "'");
   }
+}
+
+void export_gguf(const ExportConfig& cfg, const Checkpoint& ck) {
+  const auto tokenizer_kv = gguf_tokenizer_for(cfg, ck);
   std::filesystem::create_directories(cfg.output);
   GgufExportOptions opt;
   opt.dtype = cfg.dtype;
-  opt.tokenizer_kv = ck.gguf_tokenizer_kv;
+  opt.tokenizer_kv = tokenizer_kv;
   write_gguf(cfg.output + "/model.gguf", ck.config, ck.tensors, opt);
   std::string tmpl;
-  for (const auto& [k, v] : ck.gguf_tokenizer_kv)
+  for (const auto& [k, v] : tokenizer_kv)
     if (k == "tokenizer.chat_template") tmpl = v.as_string();
   if (!tmpl.empty()) write_file_atomic(cfg.output + "/Modelfile", ollama_modelfile("model.gguf", tmpl));
 }

@@ -245,4 +245,50 @@ std::string stage_hf_tokenizer(const std::string& source, const std::string& hf_
   return staging;
 }
 
+std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_kv(const Tokenizer& tok, const GgufTokenizerOptions& opt) {
+  using gguf::Value;
+  using gguf::ValueType;
+  const std::string where = "GGUF tokenizer metadata from '" + tok.source() + "'";
+  if (tok.merges_by_rank())
+    throw Error(where + ": a tiktoken ranks file has no merge list, which GGUF's gpt2 tokenizer needs",
+                "export from a checkpoint whose tokenizer.json lists its merges");
+  const std::string pre = tok.pre_tokenizer_name();
+  if (pre == "custom")
+    throw Error(where + ": its pre-tokenizer split patterns have no llama.cpp name (llama-bpe, gpt-2, smollm, "
+                        "starcoder), so llama.cpp would split text differently",
+                "export to HF safetensors instead, or add the pattern's name to the tokenizer");
+  const int64_t V = tok.vocab_size();
+  std::vector<Value> tokens, types, merges;
+  tokens.reserve(V);
+  types.reserve(V);
+  for (int32_t id = 0; id < V; ++id) {
+    switch (tok.token_type(id)) {
+      case Tokenizer::TokenType::Missing:
+        tokens.push_back(Value::string("[PAD" + std::to_string(id) + "]"));
+        types.push_back(Value::i32(5));  // UNUSED
+        continue;
+      case Tokenizer::TokenType::Normal: types.push_back(Value::i32(1)); break;
+      case Tokenizer::TokenType::Special: types.push_back(Value::i32(3)); break;  // CONTROL
+      case Tokenizer::TokenType::Added: types.push_back(Value::i32(4)); break;    // USER_DEFINED
+    }
+    tokens.push_back(Value::string(tok.token_text(id)));
+  }
+  merges.reserve(tok.merges().size());
+  for (const auto& [a, b] : tok.merges()) merges.push_back(Value::string(tok.token_text(a) + " " + tok.token_text(b)));
+  std::vector<std::pair<std::string, Value>> kv;
+  kv.emplace_back("tokenizer.ggml.model", Value::string("gpt2"));
+  kv.emplace_back("tokenizer.ggml.pre", Value::string(pre));
+  kv.emplace_back("tokenizer.ggml.tokens", Value::array(ValueType::STRING, std::move(tokens)));
+  kv.emplace_back("tokenizer.ggml.token_type", Value::array(ValueType::I32, std::move(types)));
+  kv.emplace_back("tokenizer.ggml.merges", Value::array(ValueType::STRING, std::move(merges)));
+  if (tok.bos_id() >= 0) kv.emplace_back("tokenizer.ggml.bos_token_id", Value::u32(static_cast<uint32_t>(tok.bos_id())));
+  if (tok.eos_id() >= 0) kv.emplace_back("tokenizer.ggml.eos_token_id", Value::u32(static_cast<uint32_t>(tok.eos_id())));
+  if (opt.unk_id >= 0) kv.emplace_back("tokenizer.ggml.unknown_token_id", Value::u32(static_cast<uint32_t>(opt.unk_id)));
+  if (opt.pad_id >= 0) kv.emplace_back("tokenizer.ggml.padding_token_id", Value::u32(static_cast<uint32_t>(opt.pad_id)));
+  kv.emplace_back("tokenizer.ggml.add_bos_token", Value::boolean(tok.add_bos()));
+  kv.emplace_back("tokenizer.ggml.add_space_prefix", Value::boolean(false));
+  if (!tok.chat_template().empty()) kv.emplace_back("tokenizer.chat_template", Value::string(tok.chat_template()));
+  return kv;
+}
+
 }  // namespace bonsai

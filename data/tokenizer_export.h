@@ -7,6 +7,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "model/gguf.h"
 
 #include "data/tokenizer.h"
 
@@ -25,6 +29,19 @@ struct HfTokenizerOptions {
 std::string hf_tokenizer_json(const Tokenizer& tok);
 std::string hf_tokenizer_config_json(const Tokenizer& tok, const HfTokenizerOptions& opt);
 std::string hf_special_tokens_map_json(const Tokenizer& tok, const HfTokenizerOptions& opt);
+
+// The GGUF `tokenizer.*` metadata llama.cpp reads for a byte-level BPE model: ggml.model "gpt2",
+// ggml.pre (the pre-tokenizer's llama.cpp name), tokens in id order (byte-level strings; ids no token
+// has become "[PAD<id>]", type UNUSED), token_type (1 normal, 3 control = special, 4 user-defined =
+// added), merges ("left right" in rank order), bos/eos/unknown/padding ids when known, add_bos_token,
+// add_space_prefix false, and the chat template. Throws bonsai::Error for what llama.cpp could not
+// tokenize the same way: tiktoken ranks (no merge list) and split patterns it has no name for.
+struct GgufTokenizerOptions {
+  int32_t pad_id = -1;  // -1 = none
+  int32_t unk_id = -1;
+};
+std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_kv(const Tokenizer& tok,
+                                                                  const GgufTokenizerOptions& opt = {});
 
 // Writes the three files into the existing directory `dir`, each atomically.
 void write_hf_tokenizer(const Tokenizer& tok, const std::string& dir, const HfTokenizerOptions& opt = {});
