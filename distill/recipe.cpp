@@ -212,7 +212,8 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
   s.add("output", &output, "run directory (metrics.jsonl, tb/, checkpoints/, student/)");
   s.add("resume", &resume, "continue from output/checkpoints/latest");
   s.add_choice("save_dtype", &save_dtype, {"f32", "bf16", "f16"}, "dtype of the final student checkpoint");
-  s.add("dist.zero", &zero, "0: every rank holds the whole optimizer state; 1: each holds 1/world (ZeRO-1)");
+  s.add("dist.zero", &zero, "0: every rank holds the whole optimizer state; 1: each holds 1/world of it (ZeRO-1); "
+        "2: and only 1/world of the averaged gradient, reduce-scattered (ZeRO-2)");
   s.add("dist.timeout_s", &dist_timeout_s, "seconds a collective may wait before the run fails (a rank died or hangs)");
   s.require("student.model", "give the student: student.model=PATH");
   s.require("data.train", "give training data: data.train=[DIR] (from bonsai data pack)");
@@ -231,7 +232,7 @@ void DistillConfig::validate(bool with_teachers) const {
   if (!teacher_weights.empty() && teacher_weights.size() != teachers.size())
     throw Error("key 'teacher.weights' has " + std::to_string(teacher_weights.size()) + " entries for " +
                 std::to_string(teachers.size()) + " teachers");
-  if (zero != 0 && zero != 1) throw Error("key 'dist.zero' must be 0 or 1, got " + std::to_string(zero), "ZeRO-2 is not built yet");
+  if (zero < 0 || zero > 2) throw Error("key 'dist.zero' must be 0, 1 or 2, got " + std::to_string(zero));
   if (train.eval_every > 0 && val_data.empty())
     throw Error("key 'train.eval_every' is set but 'data.val' is empty", "give validation data or set train.eval_every=0");
 }
@@ -268,21 +269,26 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   lo.world_size = env.world_size;
   Loader loader(lo);
   std::vector<OfflineTeacher> offline = open_topk(c, tok.identity(), loader);
-  // ZeRO-1: each parameter is owned (updated, with its Adam state) by one rank, balanced by size;
-  // owners broadcast the updated values after every step.
-  std::map<std::string, int> owner;
-  if (dp && c.zero == 1) {
-    std::vector<int64_t> load(env.world_size, 0);
-    for (const auto& p : student->named_parameters()) {
-      int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-      owner[p.key()] = r;
-      load[r] += p.value().numel();
-    }
+  // ZeRO-1/2 (train/dist.h): each rank owns 1/world of the flattened parameters, updates them with
+  // its own Adam state, and all-gathers the others' updated shards after every step; ZeRO-2 also
+  // keeps only its shard of the averaged gradient. One process: nothing to shard.
+  std::unique_ptr<ZeroShards> shards;
+  std::unique_ptr<torch::optim::AdamW> opt;
+  if (dp && c.zero > 0) {
+    auto named = student->named_parameters();
+    std::vector<torch::Tensor> ps;
+    for (const auto& p : named) ps.push_back(p.value());
+    shards = std::make_unique<ZeroShards>(*dp, ps, static_cast<int>(c.zero));
+    std::vector<OptTensor> mine;
+    for (const auto& pc : shards->pieces())
+      mine.push_back({named[pc.param].key(), pc.value, named[pc.param].value().dim()});
+    opt = make_adamw(mine, c.train);
+  } else {
+    opt = make_adamw(*student, c.train);
   }
-  auto opt = owner.empty() ? make_adamw(*student, c.train)
-                           : make_adamw(*student, c.train, [&](const std::string& n) { return owner.at(n) == env.rank; });
-  // ZeRO-1 shards: checkpoints/zero/step-N.rank-R.pt, written by every rank before rank 0 writes
-  // step-N, so a complete step-N always has its shards (resuming needs the same world size).
+  // ZeRO optimizer shards: checkpoints/zero/step-N.rank-R.pt, written by every rank before rank 0
+  // writes step-N, so a complete step-N always has its shards (resuming needs the same world size;
+  // stages 1 and 2 share the layout).
   auto zero_file = [&](int64_t step) {
     return c.output + "/checkpoints/zero/step-" + std::to_string(step) + ".rank-" + std::to_string(env.rank) + ".pt";
   };
@@ -290,11 +296,15 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   if (c.resume) {
     auto ck = latest_checkpoint(c.output);
     if (!ck) throw Error("resume: no checkpoint in '" + c.output + "/checkpoints'", "run without resume=true first");
-    st = load_train_checkpoint(*ck, student, *opt, /*load_optimizer=*/owner.empty());
-    if (!owner.empty()) {
+    st = load_train_checkpoint(*ck, student, *opt, /*load_optimizer=*/!shards);
+    if (shards) {
       const std::string f = zero_file(st.step);
+      const int64_t saved_w = st.extra.value("world_size", int64_t{-1});
+      if (saved_w != env.world_size)
+        throw Error("resume: checkpoint '" + *ck + "' was saved by " + std::to_string(saved_w) + " rank(s), this run has " +
+                    std::to_string(env.world_size), "ZeRO optimizer shards need the world size the run was saved with");
       if (!std::filesystem::exists(f))
-        throw Error("resume: no ZeRO-1 optimizer shard '" + f + "'", "resume with the world size and dist.zero the run was saved with");
+        throw Error("resume: no ZeRO optimizer shard '" + f + "'", "resume with the world size and dist.zero the run was saved with");
       torch::load(*opt, f);
     }
     loader.restore(LoaderState::from_json(st.loader_state, *ck + "/trainer_state.json"));
@@ -307,7 +317,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
   auto save = [&] {
     std::string where = c.output + "/checkpoints";
-    if (!owner.empty()) {  // each rank's optimizer shard
+    if (shards) {  // each rank's optimizer shard
       std::filesystem::create_directories(where + "/zero");
       const std::string f = zero_file(st.step);
       torch::save(*opt, f + ".tmp");
@@ -317,7 +327,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     if (rank0) {
       st.loader_state = loader.state().to_json();
       st.rng_state = rng_state_hex();
-      st.extra = {{"config", resolved_yaml}, {"world_size", env.world_size}};
+      st.extra = {{"config", resolved_yaml}, {"world_size", env.world_size}, {"zero", shards ? c.zero : 0}};
       where = save_train_checkpoint(c.output, student, *opt, st, c.train.keep_last);
     }
     if (dp) dp->barrier();
@@ -328,7 +338,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   while (st.step < c.train.max_steps) {
     maybe_inject_fault(env, st.step + 1);
     auto t0 = Clock::now();
-    student->zero_grad();  // all parameters: with ZeRO-1 the optimizer only knows its own
+    student->zero_grad();  // all parameters: with ZeRO the optimizer only knows its shard
     StepResult sum;
     for (int64_t m = 0; m < c.train.grad_accum; ++m) {
       auto b = loader.next();
@@ -338,12 +348,16 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
       sum.tokens += b->B * b->T;
     }
     if (dp) {
-      dp->average_gradients(params);
+      if (shards) shards->reduce_gradients();
+      else dp->average_gradients(params);
       auto m = dp->mean({sum.loss, sum.kd, sum.ce});
       sum.loss = m[0], sum.kd = m[1], sum.ce = m[2];
       sum.tokens *= env.world_size;
     }
-    double gnorm = clip_grad_norm(params, c.train.grad_clip);
+    // Gradient bytes this rank holds between the reduction and the step (ZeRO-2: its shard only).
+    const int64_t grad_bytes = shards ? shards->gradient_bytes() : gradient_bytes(params);
+    double gnorm = shards && shards->stage() == 2 ? shards->clip_grad_norm(c.train.grad_clip)
+                                                   : clip_grad_norm(params, c.train.grad_clip);
     if (!std::isfinite(sum.loss) || !std::isfinite(gnorm)) {
       auto last = latest_checkpoint(c.output);
       if (c.train.on_nan == "stop") {
@@ -358,16 +372,25 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     double lr = lr_at(st.step, c.train);
     set_lr(*opt, lr);
     opt->step();
-    if (!owner.empty()) {
-      for (const auto& p : student->named_parameters()) dp->broadcast(p.value(), owner.at(p.key()));
+    if (shards) {
+      shards->gather_parameters();
+      shards->release_gradients();
     }
     ++st.step;
     st.tokens_seen += sum.tokens;
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     if (st.step % c.train.log_every == 0 || st.step == c.train.max_steps) {
-      log.log_train(st.step, c.train.max_steps, {{"loss", sum.loss}, {"kd", sum.kd}, {"ce", sum.ce}, {"lr", lr},
-                    {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs},
-                    {"optimizer_state_mb_rank0", optimizer_state_bytes(*opt) / 1048576.0}});
+      std::map<std::string, double> v = {{"loss", sum.loss}, {"kd", sum.kd}, {"ce", sum.ce}, {"lr", lr},
+                    {"grad_norm", gnorm}, {"tokens", static_cast<double>(st.tokens_seen)}, {"tokens_per_s", sum.tokens / secs}};
+      // Memory per rank (every rank's numbers, measured where they live): Adam state bytes after
+      // the step, gradient bytes held between the reduction and the step.
+      std::vector<double> mem = {static_cast<double>(optimizer_state_bytes(*opt)), static_cast<double>(grad_bytes)};
+      if (dp) mem = dp->gather_all(mem);
+      for (int r = 0; r < env.world_size; ++r) {
+        v["optimizer_state_bytes_rank" + std::to_string(r)] = mem[2 * r];
+        v["grad_bytes_rank" + std::to_string(r)] = mem[2 * r + 1];
+      }
+      log.log_train(st.step, c.train.max_steps, v);
     }
     if (c.train.eval_every > 0 && (st.step % c.train.eval_every == 0 || st.step == c.train.max_steps)) {
       if (rank0) {  // the validation set is small and not sharded: rank 0 alone, the others wait

@@ -11,6 +11,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -171,9 +173,147 @@ std::vector<double> DataParallel::mean(const std::vector<double>& values) {
   return std::vector<double>(t[0].data_ptr<double>(), t[0].data_ptr<double>() + values.size());
 }
 
+std::vector<double> DataParallel::gather_all(const std::vector<double>& values) {
+  // An allreduce of a W x n table where each rank fills its own row: a few numbers, no need for
+  // Gloo's allgather.
+  const int64_t n = static_cast<int64_t>(values.size());
+  std::vector<at::Tensor> t{torch::zeros({env_.world_size * n}, torch::kDouble)};
+  t[0].narrow(0, env_.rank * n, n).copy_(torch::tensor(values, torch::kDouble));
+  collective(env_, "gathering metrics", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
+  return std::vector<double>(t[0].data_ptr<double>(), t[0].data_ptr<double>() + t[0].numel());
+}
+
+double DataParallel::sum(double value) {
+  std::vector<at::Tensor> t{torch::tensor({value}, torch::kDouble)};
+  collective(env_, "summing the gradient norm", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
+  return t[0].item<double>();
+}
+
+void DataParallel::reduce_scatter_sum(torch::Tensor output, torch::Tensor input) {
+  // NCCL: a real reduce-scatter (each rank sends and receives (W-1)/W of `input`). Gloo: see the
+  // header; ProcessGroupGloo::_reduce_scatter_base is an allreduce of a copy, then this rank's chunk.
+  collective(env_, "reduce-scattering gradients", [&] { impl_->pg->_reduce_scatter_base(output, input)->wait(); });
+}
+
+void DataParallel::all_gather(torch::Tensor output, torch::Tensor input) {
+  collective(env_, "all-gathering parameters", [&] { impl_->pg->_allgather_base(output, input)->wait(); });
+}
+
 void DataParallel::barrier() {
   std::vector<at::Tensor> t{torch::zeros({1})};
   collective(env_, "barrier", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
+}
+
+int64_t gradient_bytes(const std::vector<torch::Tensor>& params) {
+  int64_t b = 0;
+  for (const auto& p : params)
+    if (p.grad().defined()) b += p.grad().nbytes();
+  return b;
+}
+
+ZeroShards::ZeroShards(DataParallel& dp, std::vector<torch::Tensor> params, int stage, int64_t bucket_bytes)
+    : dp_(dp), params_(std::move(params)), stage_(stage) {
+  if (stage != 1 && stage != 2) throw Error("ZeRO stage must be 1 or 2, got " + std::to_string(stage));
+  const int64_t W = dp.world_size();
+  for (const auto& p : params_) {
+    if (!p.is_contiguous()) throw Error("ZeRO needs contiguous parameters");
+    starts_.push_back(total_);
+    total_ += p.numel();
+  }
+  shard_ = (total_ + W - 1) / W;
+  const int64_t elem = params_.empty() ? 4 : params_[0].element_size();
+  bucket_ = std::max<int64_t>(1, bucket_bytes / (elem * W));
+  const int64_t begin = dp.rank() * shard_;
+  for_segments(begin, begin + shard_, [&](size_t i, int64_t off, int64_t at, int64_t n) {
+    torch::Tensor v = params_[i].detach().view(-1).narrow(0, off, n);
+    pieces_.push_back({i, off, n, at, v});
+  });
+}
+
+template <class F>
+void ZeroShards::for_segments(int64_t begin, int64_t end, F&& f) const {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t s = starts_[i], e = s + params_[i].numel();
+    const int64_t lo = std::max(s, begin), hi = std::min(e, end);
+    if (lo < hi) f(i, lo - s, lo - begin, hi - lo);
+  }
+}
+
+void ZeroShards::reduce_gradients() {
+  torch::NoGradGuard ng;
+  has_grad_.assign(params_.size(), false);
+  for (size_t i = 0; i < params_.size(); ++i) has_grad_[i] = params_[i].grad().defined();
+  if (stage_ == 1) {
+    dp_.average_gradients(params_);
+    for (auto& pc : pieces_)
+      if (has_grad_[pc.param]) pc.value.mutable_grad() = params_[pc.param].grad().view(-1).narrow(0, pc.offset, pc.numel);
+    return;
+  }
+  // Stage 2: bucket k holds, for every rank r, elements [k*B, k*B + n) of shard r; the
+  // reduce-scatter leaves this rank with its own n elements, summed, in the shard buffer.
+  const int64_t W = dp_.world_size();
+  const auto opts = params_.at(0).options();
+  grad_shard_ = torch::zeros({shard_}, opts);
+  for (int64_t k0 = 0; k0 < shard_; k0 += bucket_) {
+    const int64_t n = std::min(bucket_, shard_ - k0);
+    torch::Tensor in = torch::zeros({W * n}, opts);  // padding and parameters without grad stay 0
+    for (int64_t r = 0; r < W; ++r) {
+      for_segments(r * shard_ + k0, r * shard_ + k0 + n, [&](size_t i, int64_t off, int64_t at, int64_t len) {
+        if (has_grad_[i]) in.narrow(0, r * n + at, len).copy_(params_[i].grad().view(-1).narrow(0, off, len));
+      });
+    }
+    torch::Tensor out = grad_shard_.narrow(0, k0, n);
+    dp_.reduce_scatter_sum(out, in);
+  }
+  grad_shard_.div_(W);
+  // The point of ZeRO-2: no rank keeps the full gradient past the reduction.
+  for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+  for (auto& pc : pieces_)
+    if (has_grad_[pc.param]) pc.value.mutable_grad() = grad_shard_.narrow(0, pc.shard_offset, pc.numel);
+}
+
+double ZeroShards::clip_grad_norm(double max_norm) {
+  torch::NoGradGuard ng;
+  torch::Tensor local = torch::zeros({}, torch::kDouble);
+  for (const auto& pc : pieces_)
+    if (pc.value.grad().defined()) local += pc.value.grad().to(torch::kDouble).pow(2).sum();
+  const double norm = std::sqrt(dp_.sum(local.item<double>()));
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
+    const double scale = max_norm / (norm + 1e-6);
+    for (auto& pc : pieces_)
+      if (pc.value.grad().defined()) pc.value.grad().mul_(scale);
+  }
+  return norm;
+}
+
+void ZeroShards::gather_parameters() {
+  torch::NoGradGuard ng;
+  const int64_t W = dp_.world_size(), me = dp_.rank();
+  const auto opts = params_.at(0).options();
+  for (int64_t k0 = 0; k0 < shard_; k0 += bucket_) {
+    const int64_t n = std::min(bucket_, shard_ - k0);
+    torch::Tensor in = torch::zeros({n}, opts);
+    for_segments(me * shard_ + k0, me * shard_ + k0 + n, [&](size_t i, int64_t off, int64_t at, int64_t len) {
+      in.narrow(0, at, len).copy_(params_[i].detach().view(-1).narrow(0, off, len));
+    });
+    torch::Tensor out = torch::empty({W * n}, opts);
+    dp_.all_gather(out, in);
+    for (int64_t r = 0; r < W; ++r) {
+      if (r == me) continue;  // already in place
+      for_segments(r * shard_ + k0, r * shard_ + k0 + n, [&](size_t i, int64_t off, int64_t at, int64_t len) {
+        params_[i].detach().view(-1).narrow(0, off, len).copy_(out.narrow(0, r * n + at, len));
+      });
+    }
+  }
+}
+
+void ZeroShards::release_gradients() {
+  for (auto& pc : pieces_) pc.value.mutable_grad() = torch::Tensor();
+  grad_shard_ = torch::Tensor();
+}
+
+int64_t ZeroShards::gradient_bytes() const {
+  return bonsai::gradient_bytes(params_) + (grad_shard_.defined() ? grad_shard_.nbytes() : 0);
 }
 
 }  // namespace bonsai

@@ -4,21 +4,25 @@
 
 namespace bonsai {
 
-std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg,
-                                                const std::function<bool(const std::string&)>& owned) {
+std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<OptTensor>& tensors, const TrainConfig& cfg) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model.named_parameters()) {
-    const std::string& n = p.key();
-    if (owned && !owned(n)) continue;
-    bool is_norm = p.value().dim() < 2;
+  for (const auto& t : tensors) {
+    const std::string& n = t.name;
+    bool is_norm = t.dim < 2;
     bool is_embedding = n.find("embed_tokens") != std::string::npos || n.find("lm_head") != std::string::npos;
-    (is_norm || (is_embedding && !cfg.decay_embeddings) ? no_decay : decay).push_back(p.value());
+    (is_norm || (is_embedding && !cfg.decay_embeddings) ? no_decay : decay).push_back(t.value);
   }
   auto opts = torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(cfg.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
   return std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg) {
+  std::vector<OptTensor> all;
+  for (auto& p : model.named_parameters()) all.push_back({p.key(), p.value(), p.value().dim()});
+  return make_adamw(all, cfg);
 }
 
 double lr_at(int64_t step, const TrainConfig& c) {

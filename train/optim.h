@@ -6,14 +6,22 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "train/train_config.h"
 
 namespace bonsai {
 
-// `owned` (optional) keeps only the parameters this rank updates (ZeRO-1 optimizer-state sharding).
-std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg,
-                                                const std::function<bool(const std::string&)>& owned = {});
+// A tensor the optimizer updates: a parameter, or (ZeRO) a 1-D view of part of one; `dim` is the
+// parameter's own rank (norms, dim < 2, never decay).
+struct OptTensor {
+  std::string name;
+  torch::Tensor value;
+  int64_t dim;
+};
+std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<OptTensor>& tensors, const TrainConfig& cfg);
+std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& model, const TrainConfig& cfg);
 // Bytes of optimizer state (Adam moments) currently held.
 int64_t optimizer_state_bytes(torch::optim::Optimizer& opt);
 // Learning rate at optimizer step `step` (0-based): linear warmup to cfg.lr, then the schedule down
