@@ -30,6 +30,10 @@ class Backend {
   virtual int64_t max_batch() const = 0;
 };
 
+// The argument checks every backend's step() makes (throws bonsai::Error naming `who`).
+void check_step_args(const char* who, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                     const std::vector<int64_t>& start, int64_t max_batch, int64_t max_seq);
+
 // LibTorch ops on the CPU (or whatever device the model's weights are on), in the model's dtype.
 std::unique_ptr<Backend> make_torch_backend(Llama model);
 

@@ -168,18 +168,9 @@ class CudaBackendImpl : public CudaBackend {
   static Tensor host_int(const std::vector<int32_t>& v) { return torch::tensor(std::vector<int32_t>(v), torch::kInt); }
 
   void check_step(int64_t B, int64_t T, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) const {
-    if (static_cast<int64_t>(slots.size()) != B || static_cast<int64_t>(start.size()) != B)
-      throw Error("cuda runtime step: " + std::to_string(B) + " sequences but " + std::to_string(slots.size()) + " slots");
-    if (T > 1 && B != 1) throw Error("cuda runtime step: prefill (T=" + std::to_string(T) + ") takes one sequence at a time");
-    for (int64_t b = 0; b < B; ++b) {
-      if (slots[b] < 0 || slots[b] >= max_batch_)
-        throw Error("cuda runtime step: slot " + std::to_string(slots[b]) + " outside the cache's " + std::to_string(max_batch_) + " slots");
-      if (start[b] + T > max_seq_)
-        throw Error("cuda runtime step: sequence needs " + std::to_string(start[b] + T) + " positions, the KV cache holds " +
-                        std::to_string(max_seq_),
-                    "reserve a longer cache (max tokens + prompt length)");
-    }
+    check_step_args("cuda runtime step", B, T, slots, start, max_batch_, max_seq_);
   }
+
 
   Tensor linear(const Tensor& x, const Tensor& W) const {
     if (opt_.gemv && x.size(0) <= 8) return cuda::gemv(W, x);

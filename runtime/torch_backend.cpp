@@ -102,17 +102,9 @@ class TorchBackend : public Backend {
   };
 
   void check_step(int64_t B, int64_t T, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) const {
-    if (static_cast<int64_t>(slots.size()) != B || static_cast<int64_t>(start.size()) != B)
-      throw Error("runtime step: " + std::to_string(B) + " sequences but " + std::to_string(slots.size()) + " slots");
-    if (T > 1 && B != 1) throw Error("runtime step: prefill (T=" + std::to_string(T) + ") takes one sequence at a time");
-    for (int64_t b = 0; b < B; ++b) {
-      if (slots[b] < 0 || slots[b] >= max_batch_)
-        throw Error("runtime step: slot " + std::to_string(slots[b]) + " outside the cache's " + std::to_string(max_batch_) + " slots");
-      if (start[b] + T > max_seq_)
-        throw Error("runtime step: sequence needs " + std::to_string(start[b] + T) + " positions, the KV cache holds " +
-                    std::to_string(max_seq_), "reserve a longer cache (max tokens + prompt length)");
-    }
+    check_step_args("runtime step", B, T, slots, start, max_batch_, max_seq_);
   }
+
 
   // K or V of the attended sequences: a view when the slots are one contiguous run, else a gather.
   static torch::Tensor gather(const torch::Tensor& cache, const Attend& at) {
@@ -171,6 +163,22 @@ class TorchBackend : public Backend {
 };
 
 }  // namespace
+
+void check_step_args(const char* who, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                     const std::vector<int64_t>& start, int64_t max_batch, int64_t max_seq) {
+  const std::string w = who;
+  if (static_cast<int64_t>(slots.size()) != B || static_cast<int64_t>(start.size()) != B)
+    throw Error(w + ": " + std::to_string(B) + " sequences but " + std::to_string(slots.size()) + " slots");
+  if (T > 1 && B != 1) throw Error(w + ": prefill (T=" + std::to_string(T) + ") takes one sequence at a time");
+  for (int64_t b = 0; b < B; ++b) {
+    if (slots[b] < 0 || slots[b] >= max_batch)
+      throw Error(w + ": slot " + std::to_string(slots[b]) + " outside the cache's " + std::to_string(max_batch) + " slots");
+    if (start[b] + T > max_seq)
+      throw Error(w + ": sequence needs " + std::to_string(start[b] + T) + " positions, the KV cache holds " +
+                      std::to_string(max_seq),
+                  "reserve a longer cache (max tokens + prompt length)");
+  }
+}
 
 std::unique_ptr<Backend> make_torch_backend(Llama model) { return std::make_unique<TorchBackend>(std::move(model)); }
 

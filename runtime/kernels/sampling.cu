@@ -15,6 +15,10 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+// exp(z - max) <= 1 as a 2^-40 fixed-point integer: one expression for every pass that sums masses.
+__device__ __forceinline__ unsigned long long fixed_weight(float z, float mx) {
+  return static_cast<unsigned long long>(static_cast<double>(__expf(z - mx)) * kFix);
+}
 __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -47,6 +51,40 @@ __device__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* sh_warp, uint64_t
   total = sh_warp[(kThreads / 32) - 1];
   const uint64_t before_warp = warp > 0 ? sh_warp[warp - 1] : 0;
   return before_warp + inc - v;
+}
+
+// The largest key K such that the weight of keys >= K (among keys >= floor_key) reaches `rem`:
+// four 8-bit radix passes, each a shared-memory histogram of weight(z) per digit, the digit chosen by
+// one thread scanning from the top. Weights are integers, so the sums do not depend on thread order.
+template <typename T, typename WeightFn>
+__device__ uint32_t radix_select(const T* z, int64_t V, float inv_t, uint32_t floor_key, uint64_t rem, WeightFn weight,
+                                 unsigned long long* hist, uint32_t& sh_sel, unsigned long long& sh_rem) {
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < V; j += kThreads) {
+      const float zz = to_f(z[j]) * inv_t;
+      const uint32_t key = order_key(zz);
+      if (key >= floor_key && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], weight(zz));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int bin = 255;
+      for (; bin > 0; --bin) {
+        if (hist[bin] >= rem) break;
+        rem -= hist[bin];
+      }
+      sh_sel = static_cast<uint32_t>(bin);
+      sh_rem = rem;
+    }
+    __syncthreads();
+    prefix |= sh_sel << shift;
+    mask |= 255u << shift;
+    rem = sh_rem;
+    __syncthreads();
+  }
+  return prefix;
 }
 
 template <typename T>
@@ -108,34 +146,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
   // --- top-k: the exact k-th largest key (ties with it are kept)
   uint32_t thr = 0;  // keep keys >= thr
   const int k = top_k[row];
-  if (k > 0 && k < V) {
-    uint32_t prefix = 0, mask = 0;
-    uint64_t rem = static_cast<uint64_t>(k);
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
-      __syncthreads();
-      for (int64_t j = threadIdx.x; j < V; j += kThreads) {
-        const uint32_t key = order_key(to_f(z[j]) * inv_t);
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1ull);
-      }
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        int bin = 255;
-        for (; bin > 0; --bin) {
-          if (hist[bin] >= rem) break;
-          rem -= hist[bin];
-        }
-        sh_sel = static_cast<uint32_t>(bin);
-        sh_rem = rem;
-      }
-      __syncthreads();
-      prefix |= sh_sel << shift;
-      mask |= 255u << shift;
-      rem = sh_rem;
-      __syncthreads();
-    }
-    thr = prefix;
-  }
+  if (k > 0 && k < V)
+    thr = radix_select(z, V, inv_t, 0u, static_cast<uint64_t>(k), [](float) { return 1ull; }, hist, sh_sel, sh_rem);
 
   // --- top-p over the top-k-filtered, renormalized distribution
   const float p = top_p[row];
@@ -143,39 +155,15 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
     unsigned long long tot_local = 0;
     for (int64_t j = threadIdx.x; j < V; j += kThreads) {
       const float zz = to_f(z[j]) * inv_t;
-      if (order_key(zz) >= thr) tot_local += static_cast<unsigned long long>(static_cast<double>(__expf(zz - mx)) * kFix);
+      if (order_key(zz) >= thr) tot_local += fixed_weight(zz, mx);
     }
     uint64_t total;
     block_exclusive_scan(tot_local, sh_warp, total);
     const double want = fmax(1.0, ceil(static_cast<double>(p) * static_cast<double>(total)));
-    uint64_t rem = static_cast<uint64_t>(want);
-    uint32_t prefix = 0, mask = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
-      __syncthreads();
-      for (int64_t j = threadIdx.x; j < V; j += kThreads) {
-        const float zz = to_f(z[j]) * inv_t;
-        const uint32_t key = order_key(zz);
-        if (key >= thr && (key & mask) == prefix)
-          atomicAdd(&hist[(key >> shift) & 255u],
-                    static_cast<unsigned long long>(static_cast<double>(__expf(zz - mx)) * kFix));
-      }
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        int bin = 255;
-        for (; bin > 0; --bin) {
-          if (hist[bin] >= rem) break;
-          rem -= hist[bin];
-        }
-        sh_sel = static_cast<uint32_t>(bin);
-        sh_rem = rem;
-      }
-      __syncthreads();
-      prefix |= sh_sel << shift;
-      mask |= 255u << shift;
-      rem = sh_rem;
-      __syncthreads();
-    }
+    const uint32_t prefix = radix_select(
+        z, V, inv_t, thr, static_cast<uint64_t>(want),
+        [mx](float zz) { return fixed_weight(zz, mx); }, hist,
+        sh_sel, sh_rem);
     thr = max(thr, prefix);
   }
 
@@ -185,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
   unsigned long long mine = 0;
   for (int64_t j = j0; j < j1; ++j) {
     const float zz = to_f(z[j]) * inv_t;
-    if (order_key(zz) >= thr) mine += static_cast<unsigned long long>(static_cast<double>(__expf(zz - mx)) * kFix);
+    if (order_key(zz) >= thr) mine += fixed_weight(zz, mx);
   }
   uint64_t total;
   const uint64_t before = block_exclusive_scan(mine, sh_warp, total);
@@ -199,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const T* __restrict__ 
     for (int64_t j = j0; j < j1; ++j) {
       const float zz = to_f(z[j]) * inv_t;
       if (order_key(zz) < thr) continue;
-      c += static_cast<unsigned long long>(static_cast<double>(__expf(zz - mx)) * kFix);
+      c += fixed_weight(zz, mx);
       if (r < c) { pick = j; break; }
     }
     out[row] = static_cast<int32_t>(pick);
