@@ -47,10 +47,10 @@ class DataParallel {
   // Sum across ranks of one number.
   double sum(double value);
   // `input` holds world_size equal chunks; `output` (one chunk) receives chunk `rank` summed over
-  // ranks. NCCL runs a real reduce-scatter. Gloo: c10d's ProcessGroupGloo (torch 2.11) implements
-  // _reduce_scatter_base as an allreduce of a full copy of `input` followed by keeping this rank's
-  // chunk (its list form reduce_scatter throws "does not support reduce_scatter"): the same result,
-  // no bandwidth saving.
+  // ranks. NCCL runs a real reduce-scatter. Gloo has none: c10d's ProcessGroupGloo (torch 2.11)
+  // implements _reduce_scatter_base as an allreduce of a full copy of `input` followed by keeping
+  // this rank's chunk (its list form reduce_scatter also allreduces): the same result, no bandwidth
+  // saving, and a transient copy of the bucket.
   void reduce_scatter_sum(torch::Tensor output, torch::Tensor input);
   // `output` (world_size chunks) receives every rank's `input`, rank after rank.
   void all_gather(torch::Tensor output, torch::Tensor input);
