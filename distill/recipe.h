@@ -29,7 +29,7 @@ struct DistillConfig {
   bool resume = false;                   // continue from output/checkpoints/latest
   std::string save_dtype = "f32";        // dtype of the final student checkpoint (output/student)
   int64_t dist_timeout_s = 600;          // a collective waiting longer fails the run (dead/hung rank)
-  int64_t zero = 0;                      // 1: shard optimizer state across ranks (ZeRO-1)
+  int64_t zero = 0;                      // 1: shard the Adam state (ZeRO-1); 2: also the averaged gradient (ZeRO-2)
 
   void register_keys(ConfigSchema& s, bool with_teachers);
   void validate(bool with_teachers) const;
