@@ -1,6 +1,7 @@
 #include "distill/recipe.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include <chrono>
 #include <cmath>
@@ -103,20 +104,34 @@ TopKTeacher read_topk(const OfflineTeacher& t, const Batch& b) {
   return {v.view({-1, k}).to(torch::kFloat), idx.view({-1, k}).to(torch::kLong), lse.view(-1), t.weight};
 }
 
-// Enables CPU autocast to bf16 for its lifetime (and clears the cast-weight cache on exit).
+// Enables autocast to bf16 on `device`'s type for its lifetime (and clears the cast-weight cache on exit).
 struct AutocastScope {
   bool on;
-  explicit AutocastScope(bool enable) : on(enable) {
+  at::DeviceType type;
+  AutocastScope(bool enable, torch::Device device) : on(enable), type(device.type()) {
     if (!on) return;
-    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(type, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type, true);
   }
   ~AutocastScope() {
     if (!on) return;
-    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::set_autocast_enabled(type, false);
     at::autocast::clear_cache();
   }
 };
+
+// train.device: "cpu", "cuda" (this process's GPU: LOCAL_RANK), or "auto" (cuda when one is visible).
+torch::Device resolve_device(const std::string& want, const DistEnv& env) {
+  const bool have = torch::cuda::is_available();
+  if (want == "cpu" || (want == "auto" && !have)) return torch::kCPU;
+  if (!have)
+    throw Error("key 'train.device' is cuda but no CUDA device is visible", "set train.device=cpu (or auto)");
+  const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+  if (env.local_rank >= n)
+    throw Error("LOCAL_RANK " + std::to_string(env.local_rank) + " has no GPU: this node shows " + std::to_string(n),
+                "start one process per GPU (torchrun --nproc-per-node, or SLURM --ntasks-per-node = GPUs per node)");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+}
 
 struct StepResult {
   double loss = 0, kd = 0, ce = 0;
@@ -126,7 +141,9 @@ struct StepResult {
 // One micro-batch: forward both models, fused loss, backward (scaled for accumulation).
 StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const std::vector<OfflineTeacher>& offline,
                       const Batch& b, const DistillConfig& c, bool backward) {
-  auto [input, labels] = to_tensors(b);
+  auto [input_cpu, labels_cpu] = to_tensors(b);
+  const torch::Device dev = student->embedding_weight().device();
+  torch::Tensor input = input_cpu.to(dev), labels = labels_cpu.to(dev);
   std::vector<OnlineTeacher> online;
   {
     torch::NoGradGuard ng;
@@ -144,11 +161,14 @@ StepResult micro_step(Llama& student, std::vector<Teacher>& teachers, const std:
   {
     // bf16 compute: autocast runs the matmuls in bf16 while the parameters (master weights) and
     // Adam state stay fp32; the fused loss upcasts to fp32 itself.
-    AutocastScope autocast(c.train.compute_dtype == "bf16");
+    AutocastScope autocast(c.train.compute_dtype == "bf16", dev);
     hs = student->forward(input, so).last_hidden;
   }
   std::vector<TopKTeacher> topk;
-  for (const auto& t : offline) topk.push_back(read_topk(t, b));
+  for (const auto& t : offline) {
+    TopKTeacher k = read_topk(t, b);
+    topk.push_back({k.values.to(dev), k.indices.to(dev), k.lse.to(dev), k.weight_in_mix});
+  }
   auto parts = fused_kd_loss(hs.reshape({-1, hs.size(-1)}), student->output_weight(), labels.view(-1), online, topk, c.loss);
   if (backward) (parts.loss / static_cast<double>(c.train.grad_accum)).backward();
   return {parts.loss.item<double>(), parts.kd, parts.ce, parts.tokens};
@@ -248,15 +268,22 @@ void maybe_inject_fault(const DistEnv& env, int64_t step) {
 int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   // ---- set up
   const DistEnv env = dist_env_from_environment();
+  const torch::Device device = resolve_device(c.train.device, env);
+  if (device.is_cuda()) c10::cuda::set_device(device.index());
+  // A process group for several processes (Gloo on CPUs, NCCL on GPUs), and on a GPU also for one
+  // launched process (torchrun --nproc-per-node=1: NCCL with world size 1, the path a cluster run takes).
   std::unique_ptr<DataParallel> dp;
-  if (env.world_size > 1) dp = std::make_unique<DataParallel>(env, torch::kCPU, std::chrono::seconds(c.dist_timeout_s));
+  if (env.world_size > 1 || (env.source != "single" && device.is_cuda()))
+    dp = std::make_unique<DataParallel>(env, device, std::chrono::seconds(c.dist_timeout_s));
   const bool rank0 = env.rank == 0;
   torch::manual_seed(static_cast<uint64_t>(c.train.seed));
   Llama student = load_student(c);
+  student->to(device);
   for (auto& p : student->parameters()) p.set_requires_grad(true);
   student->train();
   if (dp) dp->broadcast_from_rank0(student->parameters());
   std::vector<Teacher> teachers = load_teachers(c, student->config());
+  for (auto& t : teachers) t.model->to(device);
   Tokenizer tok = Tokenizer::load(c.tokenizer.empty() ? resolve_model(c.student) : c.tokenizer);
   LoaderOptions lo;
   lo.data = c.train_data;
@@ -311,7 +338,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   }
   MetricsLogger log(c.output, /*enabled=*/rank0, /*append=*/c.resume);
   log.message("distill: student " + c.student + " (" + std::to_string(student->config().num_parameters() / 1000000) +
-              "M params), " + std::to_string(teachers.size()) + " teacher(s), " + std::to_string(env.world_size) +
+              "M params) on " + device.str() + ", " + std::to_string(teachers.size()) + " teacher(s), " + std::to_string(env.world_size) +
               " rank(s) (" + env.source + "), from step " + std::to_string(st.step));
   auto params = student->parameters();
   // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
@@ -412,7 +439,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   std::string ck = save();
   if (!rank0) return 0;
   std::map<std::string, torch::Tensor> tensors;
-  for (const auto& p : student->named_parameters()) tensors[p.key()] = p.value().detach();
+  for (const auto& p : student->named_parameters()) tensors[p.key()] = p.value().detach().cpu();
   SaveOptions so;
   so.dtype = parse_dtype(c.save_dtype, "key 'save_dtype'");
   so.metadata = {{"bonsai.stage", "distill"}, {"bonsai.steps", std::to_string(st.step)}};

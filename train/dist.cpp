@@ -89,10 +89,12 @@ DistEnv dist_env_from_environment() {
 struct DataParallel::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;
+  torch::Device device{torch::kCPU};  // NCCL collectives take tensors on this rank's GPU
 };
 
 DataParallel::DataParallel(const DistEnv& env, torch::Device device, std::chrono::milliseconds timeout)
     : env_(env), impl_(std::make_unique<Impl>()) {
+  impl_->device = device;
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
@@ -167,24 +169,26 @@ void DataParallel::average_gradients(const std::vector<torch::Tensor>& params, i
 }
 
 std::vector<double> DataParallel::mean(const std::vector<double>& values) {
-  std::vector<at::Tensor> t{torch::tensor(values, torch::kDouble)};
+  std::vector<at::Tensor> t{torch::tensor(values, torch::kDouble).to(impl_->device)};
   collective(env_, "averaging metrics", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
-  t[0].div_(env_.world_size);
-  return std::vector<double>(t[0].data_ptr<double>(), t[0].data_ptr<double>() + values.size());
+  torch::Tensor r = t[0].cpu().div_(env_.world_size);
+  return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + values.size());
 }
 
 std::vector<double> DataParallel::gather_all(const std::vector<double>& values) {
   // An allreduce of a W x n table where each rank fills its own row: a few numbers, no need for
   // Gloo's allgather.
   const int64_t n = static_cast<int64_t>(values.size());
-  std::vector<at::Tensor> t{torch::zeros({env_.world_size * n}, torch::kDouble)};
-  t[0].narrow(0, env_.rank * n, n).copy_(torch::tensor(values, torch::kDouble));
+  torch::Tensor table = torch::zeros({env_.world_size * n}, torch::kDouble);
+  table.narrow(0, env_.rank * n, n).copy_(torch::tensor(values, torch::kDouble));
+  std::vector<at::Tensor> t{table.to(impl_->device)};
   collective(env_, "gathering metrics", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
-  return std::vector<double>(t[0].data_ptr<double>(), t[0].data_ptr<double>() + t[0].numel());
+  torch::Tensor r = t[0].cpu();
+  return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
 }
 
 double DataParallel::sum(double value) {
-  std::vector<at::Tensor> t{torch::tensor({value}, torch::kDouble)};
+  std::vector<at::Tensor> t{torch::tensor({value}, torch::kDouble).to(impl_->device)};
   collective(env_, "summing the gradient norm", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
   return t[0].item<double>();
 }
@@ -200,7 +204,7 @@ void DataParallel::all_gather(torch::Tensor output, torch::Tensor input) {
 }
 
 void DataParallel::barrier() {
-  std::vector<at::Tensor> t{torch::zeros({1})};
+  std::vector<at::Tensor> t{torch::zeros({1}, torch::TensorOptions().device(impl_->device))};
   collective(env_, "barrier", [&] { impl_->pg->allreduce(t, c10d::AllreduceOptions{})->wait(); });
 }
 
@@ -274,10 +278,10 @@ void ZeroShards::reduce_gradients() {
 
 double ZeroShards::clip_grad_norm(double max_norm) {
   torch::NoGradGuard ng;
-  torch::Tensor local = torch::zeros({}, torch::kDouble);
+  double local = 0;  // (the shards may live on a GPU: sum there, one number per piece back)
   for (const auto& pc : pieces_)
-    if (pc.value.grad().defined()) local += pc.value.grad().to(torch::kDouble).pow(2).sum();
-  const double norm = std::sqrt(dp_.sum(local.item<double>()));
+    if (pc.value.grad().defined()) local += pc.value.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  const double norm = std::sqrt(dp_.sum(local));
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     const double scale = max_norm / (norm + 1e-6);
     for (auto& pc : pieces_)

@@ -55,9 +55,13 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
 
 double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
   torch::NoGradGuard ng;
-  torch::Tensor total = torch::zeros({}, torch::kDouble);
-  for (const auto& p : params)
-    if (p.grad().defined()) total += p.grad().to(torch::kDouble).pow(2).sum();
+  torch::Tensor total;  // on the gradients' device: one synchronisation for the whole norm
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    torch::Tensor sq = p.grad().to(torch::kDouble).pow(2).sum();
+    total = total.defined() ? total + sq : sq;
+  }
+  if (!total.defined()) total = torch::zeros({}, torch::kDouble);
   double norm = std::sqrt(total.item<double>());
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     double scale = max_norm / (norm + 1e-6);

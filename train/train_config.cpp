@@ -21,6 +21,8 @@ void TrainConfig::register_keys(ConfigSchema& s, const std::string& p) {
   s.add(p + "eps", &eps, "Adam epsilon");
   s.add(p + "grad_clip", &grad_clip, "global gradient-norm clip (0 = off)");
   s.add_choice(p + "compute_dtype", &compute_dtype, {"f32", "bf16"}, "forward/backward compute dtype");
+  s.add_choice(p + "device", &device, {"auto", "cpu", "cuda"},
+               "where to train: auto = the GPU LOCAL_RANK when CUDA is available, else the CPU");
   s.add(p + "activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
   s.add(p + "seed", &seed, "seed for initialization and data order");
   s.add(p + "log_every", &log_every, "log every N steps");

@@ -25,6 +25,7 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double grad_clip = 1.0;         // global L2 norm; 0 = off
   std::string compute_dtype = "f32";  // f32 | bf16 (autocast; master weights and Adam state stay fp32)
+  std::string device = "auto";  // auto (cuda:LOCAL_RANK when a GPU is visible, else cpu) | cpu | cuda
   bool activation_checkpointing = false;  // recompute each layer in backward
   int64_t seed = 0;
   int64_t log_every = 1;

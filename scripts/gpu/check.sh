@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+[ -f .gpu/bundle.tgz ] && tar xzf .gpu/bundle.tgz -C .gpu && rm .gpu/bundle.tgz
 run=.gpu/run.sh
 [ -x $run ] || { echo "no .gpu/run.sh: run scripts/gpu/bundle.sh on the build machine and carry .gpu" >&2; exit 2; }
 {
@@ -37,6 +38,18 @@ echo "peer_decode rc=$?"
 timeout ${T_PEER_DISTILL:-120} python3 scripts/gpu/peer_distill.py --seq 2048 --batch 1 --peak-tflops 989 --json "$OUT/peers.jsonl" \
   >/dev/null 2>>"$OUT/peers.err"
 echo "peer_distill rc=$?"; tail -3 "$OUT/peers.err"
+
+if [ -d .gpu/data/tiny ]; then
+  echo "== GPU training: distill on cuda:0 through NCCL with world size 1 (launch_local.sh 1)"
+  rm -rf /tmp/bonsai_gpu_distill
+  timeout ${T_DISTILL:-120} scripts/launch_local.sh 1 .gpu/run.sh distill --config tests/data/distill_tiny.yaml \
+    teacher.models=[.gpu/data/tiny/teacher] student.model=.gpu/data/tiny/student data.train=[.gpu/data/c4demo] \
+    data.tokenizer=.gpu/data/gpt2.gguf output=/tmp/bonsai_gpu_distill train.device=cuda >"$OUT/distill_gpu.log" 2>&1
+  echo "distill rc=$?"; tail -4 "$OUT/distill_gpu.log"
+  # fp32 on the GPU vs the CPU's pinned losses (tests/CMakeLists.txt distill.pinned_losses)
+  python3 tests/check_metrics.py /tmp/bonsai_gpu_distill --rtol 1e-3 \
+    --pinned 5.50546479,5.48065662,5.48487091,5.47433233,5.44945312,5.44681287 2>&1 | tail -3
+fi
 
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   echo "== compute-sanitizer (memcheck) on the backend and sampling tests"
