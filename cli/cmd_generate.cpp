@@ -21,6 +21,8 @@
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "model/registry.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/cuda_ops.h"
 #include "runtime/engine.h"
 
 namespace bonsai {
@@ -44,6 +46,7 @@ struct GenerateConfig {
   int64_t seed = 0;
   std::vector<std::string> stop;
   std::string dtype = "f32";
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -213,7 +216,15 @@ int run_generate(const GenerateConfig& cfg) {
   std::fprintf(stderr, "loaded %s [%s] in %.1f s\n", cfg.model.c_str(), cfg.dtype.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 
-  Engine engine(make_torch_backend(model), [&tok](const std::vector<int32_t>& ids) { return tok.decode(ids, true); });
+  std::unique_ptr<Backend> backend;
+  if (cfg.device == "cuda" || (cfg.device == "auto" && cuda::available())) {
+    CudaBackendOptions co;  // weights, activations and KV cache in the chosen dtype on the GPU
+    co.dtype = parse_dtype(cfg.dtype, "key 'dtype'");
+    backend = make_cuda_backend(model, co);
+  } else {
+    backend = make_torch_backend(model);
+  }
+  Engine engine(std::move(backend), [&tok](const std::vector<int32_t>& ids) { return tok.decode(ids, true); });
   const bool stream = prompts.size() == 1 && !cfg.json;
   StreamPrinter printer(tok, cfg.stop);
   TokenCallback on_token;
@@ -258,6 +269,8 @@ std::unique_ptr<Command> make_generate_command(CLI::App& app) {
   s.add("seed", &cfg->seed, "sampling seed (per prompt; the same seed gives the same text)");
   s.add("stop", &cfg->stop, "stop strings: generation ends at the first, which is cut from the text");
   s.add_choice("dtype", &cfg->dtype, {"f32", "bf16"}, "dtype the weights are computed in");
+  s.add_choice("device", &cfg->device, {"cpu", "cuda", "auto"},
+               "cpu: the LibTorch backend; cuda: the CUDA backend (fused kernels, CUDA-graph decode); auto: cuda if a GPU is visible");
   s.add("json", &cfg->json, "print one JSON object per prompt: prompt, token_ids, text, finish_reason, prompt_tokens, generated_tokens");
   s.require("model", "give --model PATH_OR_NAME");
   cmd->option("--model,-m", "model", "model directory, .gguf or known name");
@@ -274,6 +287,7 @@ std::unique_ptr<Command> make_generate_command(CLI::App& app) {
   cmd->option("--repetition-penalty", "repetition_penalty", "repetition penalty");
   cmd->option("--seed", "seed", "sampling seed");
   cmd->option("--dtype", "dtype", "f32 or bf16");
+  cmd->option("--device", "device", "cpu, cuda or auto");
   cmd->flag("--json", "json", "JSON output, one object per prompt");
   // Repeatable, so not a Command::option (one value per flag): its values are added to key 'stop'.
   auto stop_flags = std::make_shared<std::vector<std::string>>();
