@@ -5,12 +5,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "core/error.h"
 
 namespace bonsai {
+namespace {
+
+// Live mappings (start -> size), so that release_mapped_pages touches nothing else.
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<uintptr_t, size_t>& registry() {
+  static std::map<uintptr_t, size_t> r;
+  return r;
+}
+
+}  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -34,13 +50,36 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       throw Error("cannot mmap '" + path + "': " + std::strerror(err));
     }
     f->data_ = static_cast<uint8_t*>(p);
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    registry()[reinterpret_cast<uintptr_t>(p)] = f->size_;
   }
   ::close(fd);
   return f;
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
+  if (data_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    registry().erase(reinterpret_cast<uintptr_t>(data_));
+  }
+  ::munmap(data_, size_);
+}
+
+size_t release_mapped_pages(const void* p, size_t n) {
+  if (p == nullptr || n == 0) return 0;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + n;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  std::lock_guard<std::mutex> lock(registry_mutex());  // held: the mapping cannot go away meanwhile
+  auto it = registry().upper_bound(begin);
+  if (it == registry().begin()) return 0;
+  --it;
+  const uintptr_t map_begin = it->first, map_end = it->first + it->second;
+  if (begin < map_begin || end > map_end) return 0;
+  const uintptr_t lo = begin / page * page;  // the mapping starts on a page boundary
+  const uintptr_t hi = std::min(map_end, (end + page - 1) / page * page);
+  if (::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) != 0) return 0;
+  return hi - lo;
 }
 
 }  // namespace bonsai

@@ -30,4 +30,12 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Drops this process's mapping of the pages that hold [p, p + n) (rounded out to whole pages,
+// clipped to the mapping) when that range lies inside a live MappedFile: madvise(MADV_DONTNEED).
+// Resident memory (RssFile) falls while the page cache keeps the data, and the next read faults the
+// pages back in from it (or from disk), so the bytes read stay the same. Private writes to those
+// pages would be lost: only for mappings that are read. Anything else (heap memory, another
+// mapping) is left alone. Returns the bytes released (0: not inside a MappedFile).
+size_t release_mapped_pages(const void* p, size_t n);
+
 }  // namespace bonsai

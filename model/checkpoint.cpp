@@ -121,7 +121,11 @@ Checkpoint load_hf(const fs::path& path, std::optional<torch::ScalarType> dtype)
   auto st = std::make_shared<safetensors::Checkpoint>(safetensors::Checkpoint::open(path.string()));
   for (const auto& name : st->names()) {
     torch::Tensor t = view_tensor(st->get(name), st, ck.source);
-    if (dtype && *dtype != t.scalar_type()) t = t.to(*dtype);
+    if (dtype && *dtype != t.scalar_type()) {
+      torch::Tensor converted = t.to(*dtype);
+      release_file_pages(t);  // converted: the file's pages need not stay resident
+      t = converted;
+    }
     ck.tensors.emplace(name, t);
   }
   fs::path gen = fs::path(ck.hf_dir) / "generation_config.json";
@@ -269,6 +273,12 @@ void save_safetensors(const std::string& path, const std::map<std::string, torch
                      static_cast<size_t>(t.nbytes())});
   }
   safetensors::write_file(path, views, metadata);
+}
+
+size_t release_file_pages(const torch::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu() || !t.has_storage()) return 0;
+  const c10::Storage& s = t.storage();
+  return release_mapped_pages(s.data(), s.nbytes());
 }
 
 Checkpoint load_checkpoint(const std::string& path_or_name, std::optional<torch::ScalarType> dtype) {

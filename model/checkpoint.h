@@ -51,6 +51,12 @@ std::map<std::string, torch::Tensor> load_safetensors(const std::string& path);
 void save_safetensors(const std::string& path, const std::map<std::string, torch::Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
+// A tensor read from an mmap'ed file (HF, safetensors) stays valid but gives its pages back: they
+// leave this process's resident memory (the page cache keeps them) and are read again on the next
+// use (core/mapped_file.h, release_mapped_pages). For walking a large checkpoint once without its
+// whole file becoming resident. Tensors not over a mapping are left alone. Returns bytes released.
+size_t release_file_pages(const torch::Tensor& t);
+
 // "f32" / "float32" / "bf16" / "bfloat16" / "f16" / "float16" -> ScalarType (throws naming `what`).
 torch::ScalarType parse_dtype(const std::string& s, const std::string& what);
 std::string dtype_hf_name(torch::ScalarType t);  // "float32", "bfloat16", "float16"

@@ -2,6 +2,7 @@
 // back once at the end. See importance.h for the aggregation and why.
 #include "prune/importance.h"
 
+#include <cstring>
 #include <deque>
 
 #include "core/error.h"
@@ -216,7 +217,10 @@ CalibStats calibrate(Llama& teacher, const std::vector<torch::Tensor>& batches, 
   std::vector<torch::Tensor> o_proj;
   for (const auto& l : teacher->layers()) o_proj.push_back(l.o->weight);
   Collector col(c, o_proj, opt.span);
-  TraceFn fn = [&col](int64_t layer, const char* name, const torch::Tensor& t) { col.on(layer, name, t); };
+  TraceFn fn = [&col, &opt](int64_t layer, const char* name, const torch::Tensor& t) {
+    col.on(layer, name, t);
+    if (opt.layer_done && std::strcmp(name, "layer_out") == 0) opt.layer_done(layer);
+  };
   ForwardOptions fo;
   fo.compute_logits = false;
   fo.trace = &fn;
@@ -230,6 +234,7 @@ CalibStats calibrate(Llama& teacher, const std::vector<torch::Tensor>& batches, 
     LossSum s = loss_from_hidden(h, teacher->output_weight(), b.narrow(1, 1, T), opt.loss_chunk);
     loss.nll += s.nll;
     loss.tokens += s.tokens;
+    if (opt.layer_done) opt.layer_done(-1);
   }
   CalibStats s = col.finish(loss.mean());
   s.data_hash = batches_hash(batches);

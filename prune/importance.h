@@ -26,6 +26,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -69,6 +70,10 @@ struct CalibStats {
 struct CalibOptions {
   int64_t span = 0;          // also collect span_cos for contiguous blocks of this many layers
   int64_t loss_chunk = 1024;  // tokens per chunk of the output projection (bounds logits memory)
+  // Called in every batch after layer l's forward (its weights are done with until the next batch),
+  // and with -1 after the batch's output projection: the recipe gives an mmap'ed teacher's pages
+  // back there (model/checkpoint.h, release_file_pages), so an 8B teacher is not 16 GB resident.
+  std::function<void(int64_t layer)> layer_done;
 };
 
 // Runs `teacher` over `batches` (each (B, T+1) int64 ids: inputs [:, :T], next-token labels

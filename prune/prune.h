@@ -109,6 +109,14 @@ PrunePlan make_plan(const LlamaConfig& teacher, const LlamaConfig& student, cons
 std::map<std::string, torch::Tensor> apply_plan(const PrunePlan& plan, const std::map<std::string, torch::Tensor>& teacher,
                                                 const std::string& tie_from = "embed");
 
+// The embedding (and an untied student's lm_head) of apply_plan's output alone: for trying the
+// tie_from options on one sliced body. apply_plan and this give a teacher read from an mmap'ed
+// checkpoint its pages back as they go (model/checkpoint.h, release_file_pages), so that slicing
+// keeps about one teacher layer resident.
+std::map<std::string, torch::Tensor> apply_plan_embeddings(const PrunePlan& plan,
+                                                           const std::map<std::string, torch::Tensor>& teacher,
+                                                           const std::string& tie_from = "embed");
+
 // The kept layers renumbered 0..n-1 (tensors shared, not copied) and the config with n layers.
 std::pair<LlamaConfig, std::map<std::string, torch::Tensor>> keep_layers(const LlamaConfig& c,
                                                                          const std::map<std::string, torch::Tensor>& tensors,

@@ -605,5 +605,52 @@ TEST(Prune, PrunedCheckpointsMatchTransformers) {
   }
 }
 
+// An mmap'ed teacher (as bonsai prune reads one) gives the pages it has been read from back
+// (release_file_pages) during calibration and slicing, and nothing changes: the same statistics,
+// the same student tensors, tie options included; heap tensors are left alone.
+TEST(Prune, MappedTeacherGivesItsPagesBackWithTheSameResults) {
+  BONSAI_REQUIRE_DIR("BONSAI_GOLDEN_DIR", root);
+  Checkpoint ck = load_checkpoint(root + "/gqa_untied");  // views into the mapping
+  Model m{ck.config, {}};
+  for (const auto& [k, v] : ck.tensors) m.t[k] = v.clone();
+  const std::string E = "model.embed_tokens.weight";
+  EXPECT_GT(release_file_pages(ck.tensors.at(E)), 0u);
+  EXPECT_EQ(release_file_pages(m.t.at(E)), 0u);
+  EXPECT_TRUE(torch::equal(ck.tensors.at(E), m.t.at(E)));  // read back from the file
+
+  const auto batches = random_batches(m.cfg.vocab_size, 3, 2, 24, 7);
+  Llama heap = build(m.cfg, m.t), mapped = build(ck.config, ck.tensors);
+  CalibStats want = calibrate(heap, batches, {});
+  std::vector<int64_t> done;
+  CalibOptions co;
+  co.layer_done = [&](int64_t l) {
+    done.push_back(l);
+    for (const auto& [name, t] : ck.tensors) release_file_pages(t);
+  };
+  CalibStats got = calibrate(mapped, batches, co);
+  const std::vector<int64_t> per_batch = {0, 1, -1};  // gqa_untied has 2 layers
+  std::vector<int64_t> expect;
+  for (size_t b = 0; b < batches.size(); ++b) expect.insert(expect.end(), per_batch.begin(), per_batch.end());
+  EXPECT_EQ(done, expect);
+  EXPECT_EQ(got.loss, want.loss);
+  for (size_t l = 0; l < want.neuron.size(); ++l) {
+    EXPECT_TRUE(torch::equal(got.neuron[l], want.neuron[l]));
+    EXPECT_TRUE(torch::equal(got.head_contrib[l], want.head_contrib[l]));
+  }
+
+  PruneTarget target;
+  target.hidden_size = 48, target.intermediate_size = 96, target.num_kv_heads = 1, target.head_dim = 8, target.tie = "tied";
+  const LlamaConfig s = student_config(m.cfg, target);
+  const PrunePlan plan = make_plan(m.cfg, s, select_layers("block", want, s.num_hidden_layers, 0), activation_scores(want), &want);
+  for (const char* from : {"embed", "lm_head", "mean"}) {
+    const Tensors a = apply_plan(plan, m.t, from), b = apply_plan(plan, ck.tensors, from);
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << from << " " << name;
+    const Tensors e = apply_plan_embeddings(plan, ck.tensors, from);
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_TRUE(torch::equal(e.at(E), a.at(E))) << from;
+  }
+}
+
 }  // namespace
 }  // namespace bonsai
