@@ -5,6 +5,7 @@
 // L attended positions, C hidden, H/Hkv heads, D head dim, V vocab.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -48,6 +49,41 @@ torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W) {
   return y.to(x.scalar_type()).view(shape);
 }
 
+// transformers' RMSNorm (normalize in fp32, round to the dtype, multiply by the weight) in one pass
+// over each row, for inference on the CPU: at decode the LibTorch version's seven small ops per
+// norm cost more than the arithmetic. Same roundings; only the order of the sum of squares differs.
+template <typename T>
+void rms_rows(const T* x, const T* w, T* out, int64_t rows, int64_t C, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* o = out + r * C;
+    float ss = 0.f;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = static_cast<float>(xr[c]);
+      ss += v * v;
+    }
+    const float inv = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = static_cast<T>(static_cast<float>(w[c]) * static_cast<float>(static_cast<T>(static_cast<float>(xr[c]) * inv)));
+  }
+}
+
+torch::Tensor decode_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  const auto t = x.scalar_type();
+  if (!x.device().is_cpu() || !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t ||
+      (t != torch::kFloat && t != torch::kBFloat16) || x.numel() > 8 * x.size(-1) ||
+      (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())))
+    return rms_norm(x, w, eps);
+  torch::Tensor out = torch::empty_like(x);
+  const int64_t C = x.size(-1), rows = x.numel() / C;
+  if (t == torch::kFloat)
+    rms_rows(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(), rows, C, static_cast<float>(eps));
+  else
+    rms_rows(x.data_ptr<at::BFloat16>(), w.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), rows, C,
+             static_cast<float>(eps));
+  return out;
+}
+
 class TorchBackend : public Backend {
  public:
   explicit TorchBackend(Llama model) : model_(std::move(model)), cfg_(model_->config()) {
@@ -80,12 +116,17 @@ class TorchBackend : public Backend {
     auto cos = freqs.cos().unsqueeze(1).to(opts_.dtype());          // (B,1,T,D/2)
     auto sin = freqs.sin().unsqueeze(1).to(opts_.dtype());
     const int64_t L = *std::max_element(start.begin(), start.end()) + T;
-    Attend at{slot_t, pos, start, slots, L, T};
+    Attend at{slot_t, pos, start, slots, L, T, {}};
+    if (!(T > 1 && start[0] == 0)) {
+      // Query t of sequence b (at position pos[b,t]) sees cache positions j <= pos[b,t].
+      auto j = torch::arange(L, pos.options());
+      at.mask = (j.view({1, 1, L}) <= pos.unsqueeze(-1)).unsqueeze(1);
+    }
     torch::Tensor x = F::embedding(tokens.to(dev), model_->embedding_weight());  // (B,T,C)
     const auto& layers = model_->layers();
     for (size_t i = 0; i < layers.size(); ++i) x = layer(layers[i], i, x, cos, sin, at);
     x = x.select(1, T - 1);  // (B,C): only the last position's logits are needed
-    x = rms_norm(x, model_->final_norm_weight(), cfg_.rms_norm_eps);
+    x = decode_rms_norm(x.contiguous(), model_->final_norm_weight(), cfg_.rms_norm_eps);
     return decode_linear(x, model_->output_weight()).to(torch::kFloat);  // (B,V)
   }
 
@@ -99,6 +140,7 @@ class TorchBackend : public Backend {
     const std::vector<int64_t>& start;
     const std::vector<int64_t>& slots;
     int64_t L, T;
+    torch::Tensor mask;  // (B,1,T,L), built once per step; undefined for a fresh prompt (causal)
   };
 
   void check_step(int64_t B, int64_t T, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) const {
@@ -128,17 +170,14 @@ class TorchBackend : public Backend {
     if (at.T > 1 && at.start[0] == 0) {  // a fresh prompt: plain causal attention (flash kernel)
       return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
     }
-    // Query t of sequence b (at position pos[b,t]) sees cache positions j <= pos[b,t].
-    auto j = torch::arange(at.L, at.pos.options());
-    auto mask = (j.view({1, 1, at.L}) <= at.pos.unsqueeze(-1)).unsqueeze(1);  // (B,1,T,L)
-    return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt, gqa);
+    return at::scaled_dot_product_attention(q, k, v, at.mask, 0.0, false, std::nullopt, gqa);
   }
 
   torch::Tensor layer(const LlamaLayer& l, size_t i, torch::Tensor x, const torch::Tensor& cos,
                       const torch::Tensor& sin, const Attend& at) {
     const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
     const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
-    torch::Tensor h = rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
+    torch::Tensor h = decode_rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
     torch::Tensor q = decode_linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
     torch::Tensor k = decode_linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
     torch::Tensor v = decode_linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
@@ -149,7 +188,7 @@ class TorchBackend : public Backend {
     torch::Tensor a = attention(q, gather(k_[i], at), gather(v_[i], at), at);
     a = a.transpose(1, 2).reshape({B, T, H * D});
     x = x + decode_linear(a, l.o->weight);
-    h = rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
+    h = decode_rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
     torch::Tensor act = F::silu(decode_linear(h, l.gate->weight)) * decode_linear(h, l.up->weight);
     return x + decode_linear(act, l.down->weight);
   }
