@@ -18,7 +18,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=16)
     a = ap.parse_args()
-    llm = Llama(model_path=a.gguf, n_ctx=max(1024, 2 * (a.prompt + a.tokens)), n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+    n_ctx = max(1024, 2 * (a.prompt + a.tokens))
+    # n_batch = n_ctx: llama-cpp-python keeps n_batch rows of scores when logits_all is off, and
+    # indexes them by position, so a prompt of n_batch tokens would run past them.
+    llm = Llama(model_path=a.gguf, n_ctx=n_ctx, n_batch=n_ctx, n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
     prompt = [(17 * (i + 1)) % 1000 + 100 for i in range(a.prompt)]
     for warm in (True, False):
         llm.reset()
