@@ -18,36 +18,56 @@ namespace {
 namespace F = torch::nn::functional;
 using torch::indexing::Slice;
 
-// x (..., K) @ W (N, K)^T. On the CPU at batch*time <= 8 (decode), our AVX2 GEMV (runtime/cpu/gemv.h)
-// threaded over W's rows: one pass over the weights at memory speed, where LibTorch's bf16 path
-// reached ~10 GB/s. Elsewhere (prefill, batches, GPUs, CPUs without AVX2/FMA/F16C) F::linear.
-// BONSAI_CPU_GEMV=0 turns the kernel off (for comparisons).
-torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W) {
+// x (..., K) @ W_j (N_j, K)^T for each j: on the CPU at batch*time <= 8 (decode), our AVX2 GEMV
+// (runtime/cpu/gemv.h): one pass over the weights at memory speed, where LibTorch's bf16 path reached
+// ~10 GB/s; several projections of the same x (q/k/v, gate/up) share one conversion of x, one parallel
+// loop over all their rows and one conversion back. Elsewhere (prefill, batches, GPUs, CPUs without
+// AVX2/FMA/F16C) F::linear. BONSAI_CPU_GEMV=0 turns the kernel off (for comparisons).
+std::vector<torch::Tensor> decode_linear_multi(const torch::Tensor& x, const std::vector<torch::Tensor>& Ws) {
+  const int64_t K = Ws[0].size(1);
+  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+  const auto wt = Ws[0].scalar_type();
+  bool fused = cpu::gemv_supported() && x.device().is_cpu() && M >= 1 && M <= 8 &&
+               (wt == torch::kFloat || wt == torch::kBFloat16 || wt == torch::kHalf) &&
+               !(torch::GradMode::is_enabled() && x.requires_grad());
   static const bool enabled = [] {
     const char* e = std::getenv("BONSAI_CPU_GEMV");
-    return cpu::gemv_supported() && !(e && std::string(e) == "0");
+    return !(e && std::string(e) == "0");
   }();
-  const int64_t K = W.size(1), N = W.size(0);
-  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
-  const auto wt = W.scalar_type();
-  if (!enabled || !x.device().is_cpu() || M < 1 || M > 8 || !W.is_contiguous() ||
-      (wt != torch::kFloat && wt != torch::kBFloat16 && wt != torch::kHalf) ||
-      (torch::GradMode::is_enabled() && (x.requires_grad() || W.requires_grad())))
-    return F::linear(x, W);
+  fused = fused && enabled;
+  for (const auto& W : Ws)
+    fused = fused && W.size(1) == K && W.scalar_type() == wt && W.is_contiguous() &&
+            !(torch::GradMode::is_enabled() && W.requires_grad());
+  std::vector<torch::Tensor> out;
+  if (!fused) {
+    for (const auto& W : Ws) out.push_back(F::linear(x, W));
+    return out;
+  }
+  std::vector<int64_t> off{0};
+  for (const auto& W : Ws) off.push_back(off.back() + W.size(0));
+  const int64_t N = off.back();
   torch::Tensor xf = x.reshape({M, K}).to(torch::kFloat).contiguous();
   torch::Tensor y = torch::empty({M, N}, xf.options());
   const cpu::WType t = wt == torch::kFloat ? cpu::WType::F32 : wt == torch::kBFloat16 ? cpu::WType::BF16 : cpu::WType::F16;
-  const int64_t grain = std::max<int64_t>(8, 65536 / (K * W.element_size()));  // >= 64 KB of W per task
-  const void* wp = W.data_ptr();
+  const int64_t grain = std::max<int64_t>(8, 65536 / (K * Ws[0].element_size()));
   const float* xp = xf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    cpu::gemv_rows(t, wp, xp, static_cast<int>(M), K, n0, n1, yp, N);
+    for (size_t j = 0; j < Ws.size(); ++j) {
+      const int64_t lo = std::max(n0, off[j]), hi = std::min(n1, off[j + 1]);
+      if (lo < hi) cpu::gemv_rows(t, Ws[j].data_ptr(), xp, static_cast<int>(M), K, lo - off[j], hi - off[j], yp + off[j], N);
+    }
   });
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  return y.to(x.scalar_type()).view(shape);
+  torch::Tensor yc = y.to(x.scalar_type());
+  for (size_t j = 0; j < Ws.size(); ++j) {
+    auto shape = x.sizes().vec();
+    shape.back() = off[j + 1] - off[j];
+    out.push_back(yc.narrow(1, off[j], off[j + 1] - off[j]).reshape(shape));
+  }
+  return out;
 }
+
+torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W) { return decode_linear_multi(x, {W})[0]; }
 
 // transformers' RMSNorm (normalize in fp32, round to the dtype, multiply by the weight) in one pass
 // over each row, for inference on the CPU: at decode the LibTorch version's seven small ops per
@@ -178,9 +198,10 @@ class TorchBackend : public Backend {
     const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
     const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
     torch::Tensor h = decode_rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
-    torch::Tensor q = decode_linear(h, l.q->weight).view({B, T, H, D}).transpose(1, 2);
-    torch::Tensor k = decode_linear(h, l.k->weight).view({B, T, Hkv, D}).transpose(1, 2);
-    torch::Tensor v = decode_linear(h, l.v->weight).view({B, T, Hkv, D}).transpose(1, 2);
+    auto qkv = decode_linear_multi(h, {l.q->weight, l.k->weight, l.v->weight});
+    torch::Tensor q = qkv[0].reshape({B, T, H, D}).transpose(1, 2);
+    torch::Tensor k = qkv[1].reshape({B, T, Hkv, D}).transpose(1, 2);
+    torch::Tensor v = qkv[2].reshape({B, T, Hkv, D}).transpose(1, 2);
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
     write_cache(k_[i], k, at);
@@ -189,7 +210,8 @@ class TorchBackend : public Backend {
     a = a.transpose(1, 2).reshape({B, T, H * D});
     x = x + decode_linear(a, l.o->weight);
     h = decode_rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
-    torch::Tensor act = F::silu(decode_linear(h, l.gate->weight)) * decode_linear(h, l.up->weight);
+    auto gu = decode_linear_multi(h, {l.gate->weight, l.up->weight});
+    torch::Tensor act = F::silu(gu[0]) * gu[1];
     return x + decode_linear(act, l.down->weight);
   }
 
