@@ -135,6 +135,12 @@ Tensor chunk_grad(const Tensor& zs, const Tensor& labels, const Tensor& valid, c
   return dz * valid.unsqueeze(1);
 }
 
+// Both fused losses compute their gradients in forward; backward only scales them by d(out)/d(loss)
+// (a 0-dim fp32 tensor: the products keep the saved gradients' dtypes).
+torch::autograd::variable_list scaled_saved_grads(torch::autograd::AutogradContext* ctx, const Tensor& g) {
+  return {ctx->saved_data["gh"].toTensor() * g, ctx->saved_data["gw"].toTensor() * g, Tensor()};
+}
+
 struct FusedArgs {
   const Tensor* labels;
   const std::vector<OnlineTeacher>* online;
@@ -178,8 +184,7 @@ class FusedKdFn : public torch::autograd::Function<FusedKdFn> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
-    Tensor g = grad_out[0];
-    return {ctx->saved_data["gh"].toTensor() * g, ctx->saved_data["gw"].toTensor() * g, Tensor()};
+    return scaled_saved_grads(ctx, grad_out[0]);
   }
 };
 
@@ -261,9 +266,7 @@ class FusedKdCudaFn : public torch::autograd::Function<FusedKdCudaFn> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
-    Tensor g = grad_out[0];
-    return {ctx->saved_data["gh"].toTensor() * g.to(ctx->saved_data["gh"].toTensor().scalar_type()),
-            ctx->saved_data["gw"].toTensor() * g.to(ctx->saved_data["gw"].toTensor().scalar_type()), Tensor()};
+    return scaled_saved_grads(ctx, grad_out[0]);
   }
 };
 

@@ -87,8 +87,9 @@ class CudaBackendImpl : public CudaBackend {
       return prefill(tok, slots[0], start[0]).to(torch::kFloat).cpu();
     }
     std::vector<int32_t> tok(B), pos(B), slot(B);
+    const Tensor ids = tokens.reshape({-1}).to(torch::kCPU, torch::kLong).contiguous();
     for (int64_t b = 0; b < B; ++b) {
-      tok[b] = static_cast<int32_t>(tokens[b][0].item<int64_t>());
+      tok[b] = static_cast<int32_t>(ids.data_ptr<int64_t>()[b]);
       pos[b] = static_cast<int32_t>(start[b]);
       slot[b] = static_cast<int32_t>(slots[b]);
     }

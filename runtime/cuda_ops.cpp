@@ -87,7 +87,7 @@ torch::Tensor rows_contiguous(const torch::Tensor& t) {
   return t.dim() >= 1 && t.stride(-1) == 1 ? t : t.contiguous();
 }
 
-torch::Tensor int32_on(const torch::Tensor& t, const torch::Tensor& like, const char* op, const char* name) {
+torch::Tensor int32_on(const torch::Tensor& t, const char* op, const char* name) {
   need_cuda(t, op, name);
   return t.scalar_type() == torch::kInt ? t.contiguous() : t.to(torch::kInt).contiguous();
 }
@@ -153,7 +153,7 @@ torch::Tensor rope_qkv_to_cache(const torch::Tensor& qkv_in, const torch::Tensor
     throw Error("cuda rope_qkv_to_cache: pos and slot must have N = " + std::to_string(N) + " entries");
   c10::cuda::CUDAGuard guard(qkv_in.device());
   torch::Tensor qkv = rows_contiguous(qkv_in);
-  torch::Tensor p = int32_on(pos, qkv, op, "pos"), s = int32_on(slot, qkv, op, "slot");
+  torch::Tensor p = int32_on(pos, op, "pos"), s = int32_on(slot, op, "slot");
   torch::Tensor f = inv_freq.to(qkv.device()).contiguous();
   torch::Tensor q = torch::empty({N, H, D}, qkv.options());
   check(K::rope_qkv_to_cache(kdtype(qkv, op, "qkv"), qkv.data_ptr(), qkv.stride(0), p.data_ptr<int32_t>(),
@@ -188,8 +188,8 @@ torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in) {
   c10::cuda::CUDAGuard guard(W_in.device());
   torch::Tensor W = W_in.contiguous(), x = x_in.contiguous();
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
-  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), nullptr, 0,
-                x.size(0), W.size(0), W.size(1), stream()),
+  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
+                W.size(0), W.size(1), stream()),
         op);
   return y;
 }
@@ -218,7 +218,7 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
   c10::cuda::CUDAGuard guard(q_in.device());
   torch::Tensor q = q_in.contiguous();
   if (num_splits <= 0) num_splits = default_attention_splits(S);
-  torch::Tensor s = int32_on(slot, q, op, "slot"), l = int32_on(len, q, op, "len");
+  torch::Tensor s = int32_on(slot, op, "slot"), l = int32_on(len, op, "len");
   torch::Tensor ws = torch::empty({K::attention_workspace_bytes(B, H, D, num_splits)}, q.options().dtype(torch::kByte));
   torch::Tensor out = torch::empty_like(q);
   check(K::decode_attention(kdtype(q, op, "q"), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), s.data_ptr<int32_t>(),

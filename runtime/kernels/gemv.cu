@@ -9,8 +9,7 @@ namespace {
 
 template <typename T, int BN>
 __global__ void __launch_bounds__(256) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x, int64_t xs,
-                                                   T* __restrict__ y, int64_t ys, const T* __restrict__ add,
-                                                   int64_t as, int64_t N, int64_t K) {
+                                                   T* __restrict__ y, int64_t ys, int64_t N, int64_t K) {
   constexpr int V = Vec<T>::N;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -35,26 +34,21 @@ __global__ void __launch_bounds__(256) gemv_kernel(const T* __restrict__ W, cons
   for (int b = 0; b < BN; ++b) acc[b] = warp_sum(acc[b]);
   if (lane == 0) {
 #pragma unroll
-    for (int b = 0; b < BN; ++b) {
-      float v = acc[b];
-      if (add) v = rnd<T>(v) + to_f(add[b * as + n]);  // F.linear's output, then `+ residual`
-      y[b * ys + n] = from_f<T>(v);
-    }
+    for (int b = 0; b < BN; ++b) y[b * ys + n] = from_f<T>(acc[b]);
   }
 }
 
 template <typename T, int BN>
-void launch(const T* W, const T* x, int64_t xs, T* y, int64_t ys, const T* add, int64_t as, int64_t N, int64_t K,
-            cudaStream_t s) {
+void launch(const T* W, const T* x, int64_t xs, T* y, int64_t ys, int64_t N, int64_t K, cudaStream_t s) {
   const int warps = 8;
   const unsigned blocks = static_cast<unsigned>((N + warps - 1) / warps);
-  gemv_kernel<T, BN><<<blocks, warps * 32, 0, s>>>(W, x, xs, y, ys, add, as, N, K);
+  gemv_kernel<T, BN><<<blocks, warps * 32, 0, s>>>(W, x, xs, y, ys, N, K);
 }
 
 }  // namespace
 
-cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, const void* add,
-                 int64_t add_stride, int64_t B, int64_t N, int64_t K, cudaStream_t stream) {
+cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, int64_t B,
+                 int64_t N, int64_t K, cudaStream_t stream) {
   if (!W || !x || !y || B < 1 || B > 8 || N <= 0 || K <= 0) return cudaErrorInvalidValue;
   BONSAI_DISPATCH(t, {
     constexpr int V = Vec<scalar_t>::N;
@@ -62,16 +56,15 @@ cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* 
     auto* Wp = static_cast<const scalar_t*>(W);
     auto* xp = static_cast<const scalar_t*>(x);
     auto* yp = static_cast<scalar_t*>(y);
-    auto* ap = static_cast<const scalar_t*>(add);
     switch (B) {
-      case 1: launch<scalar_t, 1>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 2: launch<scalar_t, 2>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 3: launch<scalar_t, 3>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 4: launch<scalar_t, 4>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 5: launch<scalar_t, 5>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 6: launch<scalar_t, 6>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      case 7: launch<scalar_t, 7>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
-      default: launch<scalar_t, 8>(Wp, xp, x_stride, yp, y_stride, ap, add_stride, N, K, stream); break;
+      case 1: launch<scalar_t, 1>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 2: launch<scalar_t, 2>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 3: launch<scalar_t, 3>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 4: launch<scalar_t, 4>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 5: launch<scalar_t, 5>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 6: launch<scalar_t, 6>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      case 7: launch<scalar_t, 7>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
+      default: launch<scalar_t, 8>(Wp, xp, x_stride, yp, y_stride, N, K, stream); break;
     }
   });
   return launch_status();

@@ -38,9 +38,9 @@ cudaError_t swiglu(DType t, const void* gate_up, int64_t in_stride, void* out, i
                    int64_t I, cudaStream_t stream);
 
 // y (B, N) = x (B, K) @ W (N, K)^T for small B (1..8): one pass over W with 16-byte loads, fp32
-// accumulation. K must be a multiple of 8 (16-byte rows). Optional `add` (B, N) is added (residual).
-cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, const void* add,
-                 int64_t add_stride, int64_t B, int64_t N, int64_t K, cudaStream_t stream);
+// accumulation. K must be a multiple of 8 (16-byte rows).
+cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, int64_t B,
+                 int64_t N, int64_t K, cudaStream_t stream);
 
 // Decode attention: one new query per sequence over its cached positions [0, len[b]) (GQA,
 // split-K "flash-decoding"). q (B, H, D); caches (slots, Hkv, max_seq, D); out (B, H, D).
