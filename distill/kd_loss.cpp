@@ -136,9 +136,22 @@ Tensor chunk_grad(const Tensor& zs, const Tensor& labels, const Tensor& valid, c
 }
 
 // Both fused losses compute their gradients in forward; backward only scales them by d(out)/d(loss)
-// (a 0-dim fp32 tensor: the products keep the saved gradients' dtypes).
+// (a 0-dim fp32 tensor: the products keep the saved gradients' dtypes). In place, and handed over:
+// the saved gradients are the size of the output matrix (V x C fp32 for gw), and a copy of them at
+// the start of backward would be the step's largest transient. A second backward through the same
+// loss (retain_graph) therefore gets a clear error instead of a silently rescaled gradient.
 torch::autograd::variable_list scaled_saved_grads(torch::autograd::AutogradContext* ctx, const Tensor& g) {
-  return {ctx->saved_data["gh"].toTensor() * g, ctx->saved_data["gw"].toTensor() * g, Tensor()};
+  auto take = [&](const char* key) {
+    auto it = ctx->saved_data.find(key);
+    if (it == ctx->saved_data.end())
+      throw Error("fused KD loss: backward ran twice through the same loss",
+                  "the fused loss hands its precomputed gradients over once; compute the loss again instead of retain_graph");
+    Tensor t = it->second.toTensor();
+    ctx->saved_data.erase(it);
+    return t.mul_(g);
+  };
+  Tensor gh = take("gh"), gw = take("gw");
+  return {gh, gw, Tensor()};
 }
 
 struct FusedArgs {
@@ -177,8 +190,8 @@ class FusedKdFn : public torch::autograd::Function<FusedKdFn> {
     a->parts->ce = res.ce_sum / n_valid;
     a->parts->tokens = static_cast<int64_t>(valid_all.sum().item<double>());
     double total = (o.kd_weight * w_t2 * res.kd_sum + (1 - o.kd_weight) * res.ce_sum) / n_valid;
-    ctx->saved_data["gh"] = (gh / n_valid).to(hidden.scalar_type());
-    ctx->saved_data["gw"] = (gw / n_valid).to(weight.scalar_type());
+    ctx->saved_data["gh"] = gh.div_(n_valid).to(hidden.scalar_type());
+    ctx->saved_data["gw"] = gw.div_(n_valid).to(weight.scalar_type());
     return torch::tensor(total, hidden.options().dtype(ct));
   }
 

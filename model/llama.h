@@ -86,8 +86,11 @@ torch::Tensor rope_inv_freq(const LlamaConfig& cfg);
 // x is (B,heads,T,D); cos/sin broadcast against (...,T,D/2) in x's dtype. Rotates the two halves of
 // each head (transformers' rotate_half layout), so HF checkpoints need no permutation.
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
-// RMSNorm as in transformers: normalize in fp32, cast back, then scale by the weight.
+// RMSNorm as in transformers: normalize in fp32, cast back, then scale by the weight. With a graph to
+// record, a custom backward that saves only the input and 1/rms (same forward numbers).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+// silu(gate) * up; with a graph to record, a custom backward that saves only gate and up.
+torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
 // Greedy decoding by recomputing the whole sequence each step (reference path; the runtime has the
 // KV-cache one). Returns the n_new generated ids.
 std::vector<int64_t> greedy_generate_reference(Llama& model, std::vector<int64_t> prompt, int64_t n_new);

@@ -17,7 +17,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 apt_pkgs=(build-essential cmake ninja-build ccache git pkg-config python3-venv
   libyaml-cpp-dev libhdf5-dev nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev libcli11-dev
   libfmt-dev libspdlog-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
-  clang libclang-rt-14-dev time
+  clang libclang-rt-14-dev time libjemalloc-dev
   libgloo-dev)  # gloo headers: the torch wheel ships c10d's Gloo backend but not the headers it includes
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Distillation quality at small scale (the Minitron ordering): SmolLM2-135M-Instruct teacher, the
+# demo-shape student (configs/prune/smollm2_demo.yaml: 134.5M -> 67.6M parameters), one token budget,
+# three students:
+#   (a) pruned + KD       (forward KL to the teacher, kd_weight 1)
+#   (b) pruned + CE only  (the same data, labels only, kd_weight 0)
+#   (c) random init + KD  (the same shape, student.init=random)
+# and the held-out perplexity of each (plus the teacher's and the pruned student's before training).
+#
+# Data (all read in place from ../shared/data; splits are written under OUT, never into the repo):
+#   train:    C4 demo documents 1-270, Pride and Prejudice, WikiText-2 *valid*
+#   held out: C4 demo documents 271-300; WikiText-2 *test* (first EVAL_TOKENS tokens)
+# Pruning calibrates on the training C4 documents only.
+#
+#   scripts/bench/distill_quality.sh [OUT_DIR]        (default runs/bench-distill-quality)
+#   STEPS=N   optimizer steps of 8 x 256 tokens per run (default 180 = 368,640 tokens: about 30 minutes
+#             of run (a) on the idle 2-core CI machine at the ~205 tokens/s measured for its first
+#             steps; the same budget for (b) and (c))
+#   RUNS="a b c"  which runs; EVAL_TOKENS (default 16384; perplexity over windows of 512 tokens, no overlap)
+# The step count, not a clock, fixes the budget: the three runs see the same tokens in the same order
+# whatever else the machine is doing. Prints a markdown table; every number is also in OUT/*.json.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+OUT=${1:-runs/bench-distill-quality}
+SHARED=${BONSAI_SHARED_DATA:-$ROOT/../shared/data}
+BONSAI=${BONSAI:-$ROOT/build/bonsai}
+DISTILL=${DISTILL:-$ROOT/build/distill}
+STEPS=${STEPS:-180}
+RUNS=${RUNS:-a b c}
+EVAL_TOKENS=${EVAL_TOKENS:-16384}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+mkdir -p "$OUT/src"
+log() { printf '[%s] %s\n' "$(date -u +%T)" "$*" >&2; }
+
+# ---- data
+c4="$SHARED/text/c4_demo.jsonl"
+[ "$(wc -l < "$c4")" -ge 300 ] || { echo "error: $c4 has fewer than 300 documents" >&2; exit 1; }
+head -n 270 "$c4" > "$OUT/src/c4_train.jsonl"
+tail -n +271 "$c4" > "$OUT/src/c4_heldout.jsonl"
+pack() {  # pack NAME SOURCE... (each "PATH FORMAT")
+  local name=$1 src
+  shift
+  { echo "tokenizer: smollm2-135m-instruct"; echo "kind: pretrain"; echo "output: $OUT/$name"; echo "overwrite: true"
+    echo "sources:"; for src in "$@"; do set -- $src; echo "  - '{path: \"$1\", format: $2}'"; done; } > "$OUT/src/$name.yaml"
+  [ -f "$OUT/$name/index.json" ] || "$BONSAI" data pack --config "$OUT/src/$name.yaml" >&2
+}
+[ -f "$OUT/teacher/config.json" ] || "$BONSAI" export --model smollm2-135m-instruct --dtype f32 --output "$OUT/teacher" >&2
+pack train "$OUT/src/c4_train.jsonl jsonl" "$SHARED/text/pride_and_prejudice.txt text" \
+  "$SHARED/text/wikitext-2.tokens.valid.txt text"
+pack c4_train "$OUT/src/c4_train.jsonl jsonl"
+pack c4_heldout "$OUT/src/c4_heldout.jsonl jsonl"
+
+# ---- the pruned student (activation importance, calibrated on training C4 only)
+if [ ! -f "$OUT/pruned/student/config.json" ]; then
+  log "prune"
+  "$BONSAI" prune --config configs/prune/smollm2_demo.yaml teacher.model="$OUT/teacher" data.calib="[$OUT/c4_train]" \
+    save_dtype=f32 output="$OUT/pruned" >&2
+fi
+
+# ---- the three runs: same data order (seed), same schedule, same budget
+COMMON=(teacher.models="[$OUT/teacher]" teacher.dtype=f32 student.model="$OUT/pruned/student"
+        data.train="[$OUT/train]" data.tokenizer=smollm2-135m-instruct
+        loss.kind=fkl loss.temperature=1.0
+        train.max_steps="$STEPS" train.micro_batch=8 train.seq_len=256 train.grad_accum=1
+        train.lr=3e-4 train.min_lr_ratio=0.1 train.warmup_steps=$((STEPS / 20 + 1)) train.schedule=cosine
+        train.seed=1 train.save_every=0 train.log_every=1 train.eval_every=0)
+declare -A EXTRA=([a]="loss.kd_weight=1.0" [b]="loss.kd_weight=0.0" [c]="loss.kd_weight=1.0 student.init=random")
+for r in $RUNS; do
+  [ -f "$OUT/run-$r/student/config.json" ] && continue
+  log "run ($r): ${EXTRA[$r]}"
+  rm -rf "$OUT/run-$r"
+  # shellcheck disable=SC2086
+  "$DISTILL" "${COMMON[@]}" ${EXTRA[$r]} output="$OUT/run-$r" > "$OUT/run-$r.log" 2>&1 || { tail "$OUT/run-$r.log"; exit 1; }
+done
+
+# ---- held-out perplexity
+ppl() {  # ppl NAME MODEL
+  local name=$1 model=$2
+  [ -f "$OUT/eval-$name-wt2.json" ] || "$BONSAI" eval --model "$model" --tokenizer smollm2-135m-instruct --task perplexity \
+    --data "$SHARED/text/wikitext-2.tokens.test.txt" limit="$EVAL_TOKENS" window=512 stride=512 progress=false \
+    --output "$OUT/eval-$name-wt2.json" >&2
+  [ -f "$OUT/eval-$name-c4.json" ] || "$BONSAI" eval --model "$model" --tokenizer smollm2-135m-instruct --task perplexity \
+    --data "$OUT/c4_heldout" window=512 stride=512 progress=false --output "$OUT/eval-$name-c4.json" >&2
+}
+log "evaluate"
+ppl teacher "$OUT/teacher"
+ppl pruned "$OUT/pruned/student"
+for r in $RUNS; do ppl "run-$r" "$OUT/run-$r/student"; done
+
+PY=${BONSAI_PYTHON:-${BONSAI_VENV:-$HOME/.cache/bonsai/venv}/bin/python}
+"$PY" - "$OUT" "$RUNS" <<'PY'
+import json, os, sys
+out, runs = sys.argv[1], sys.argv[2].split()
+def ppl(name, which):
+    r = json.load(open(f"{out}/eval-{name}-{which}.json"))["results"]["perplexity"]
+    return f"{r['perplexity']:.2f}", r["tokens"]
+def train(r):
+    recs = [json.loads(l) for l in open(f"{out}/run-{r}/metrics.jsonl")]
+    recs = [x for x in recs if x.get("split") == "train"]
+    secs = sum((recs[i]["tokens"] - (recs[i - 1]["tokens"] if i else 0)) / recs[i]["tokens_per_s"] for i in range(len(recs)))
+    loss = recs[-1]["kd"] if recs[-1]["kd"] else recs[-1]["ce"]
+    return recs[-1]["tokens"], secs, loss
+label = {"a": "(a) pruned + KD", "b": "(b) pruned + CE only", "c": "(c) random init + KD"}
+wt2_n, c4_n = ppl("teacher", "wt2")[1], ppl("teacher", "c4")[1]
+print(f"| student | train tokens | train time | last step loss | WikiText-2 test ppl ({wt2_n:,} tok) | C4 held-out ppl ({c4_n:,} tok) |")
+print("|---|---|---|---|---|---|")
+for name, what in [("teacher", "teacher (SmolLM2-135M-Instruct)"), ("pruned", "pruned, before training")]:
+    print(f"| {what} | - | - | - | {ppl(name, 'wt2')[0]} | {ppl(name, 'c4')[0]} |")
+for r in runs:
+    tokens, secs, loss = train(r)
+    kind = "CE" if r == "b" else "KD"
+    print(f"| {label[r]} | {tokens:,} | {secs / 60:.1f} min | {loss:.3f} ({kind}) | {ppl('run-' + r, 'wt2')[0]} | {ppl('run-' + r, 'c4')[0]} |")
+PY
