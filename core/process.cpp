@@ -2,7 +2,11 @@
 
 #include <malloc.h>
 
+#include <unistd.h>
+
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 // jemalloc's control entry point: defined when the executable links jemalloc (bonsai_malloc in
 // CMakeLists.txt), null otherwise.
@@ -17,6 +21,23 @@ void configure_allocator() {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
   mallopt(M_TOP_PAD, 64 << 20);
+}
+
+size_t release_allocator_cache(size_t keep_bytes) {
+  if (mallctl == nullptr) return 0;
+  constexpr const char* kAll = "4096";  // MALLCTL_ARENAS_ALL
+  uint64_t epoch = 1;
+  size_t len = sizeof(epoch);
+  mallctl("epoch", &epoch, &len, &epoch, len);  // refresh the statistics
+  size_t dirty_pages = 0;
+  len = sizeof(dirty_pages);
+  const std::string stat = std::string("stats.arenas.") + kAll + ".pdirty";
+  const bool have_stats = mallctl(stat.c_str(), &dirty_pages, &len, nullptr, 0) == 0;
+  const size_t dirty = dirty_pages * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (have_stats && dirty <= keep_bytes) return 0;
+  const std::string purge = std::string("arena.") + kAll + ".purge";
+  mallctl(purge.c_str(), nullptr, nullptr, nullptr, 0);
+  return dirty;
 }
 
 }  // namespace bonsai

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/process.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "distill/precompute.h"
@@ -399,6 +400,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     double lr = lr_at(st.step, c.train);
     set_lr(*opt, lr);
     opt->step();
+    release_allocator_cache(size_t{1} << 30);
     if (shards) {
       shards->gather_parameters();
       shards->release_gradients();
