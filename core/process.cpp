@@ -6,15 +6,12 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
 
 // jemalloc's control entry point: defined when the executable links jemalloc (bonsai_malloc in
 // CMakeLists.txt), null otherwise.
 extern "C" int mallctl(const char* name, void* oldp, size_t* oldlenp, void* newp, size_t newlen) __attribute__((weak));
 
 namespace bonsai {
-
-const char* allocator_name() { return mallctl != nullptr ? "jemalloc" : "glibc"; }
 
 void configure_allocator() {
   if (mallctl != nullptr) return;  // jemalloc: core/malloc_conf.c sets it up at link time
@@ -25,18 +22,16 @@ void configure_allocator() {
 
 size_t release_allocator_cache(size_t keep_bytes) {
   if (mallctl == nullptr) return 0;
-  constexpr const char* kAll = "4096";  // MALLCTL_ARENAS_ALL
   uint64_t epoch = 1;
   size_t len = sizeof(epoch);
   mallctl("epoch", &epoch, &len, &epoch, len);  // refresh the statistics
   size_t dirty_pages = 0;
   len = sizeof(dirty_pages);
-  const std::string stat = std::string("stats.arenas.") + kAll + ".pdirty";
-  const bool have_stats = mallctl(stat.c_str(), &dirty_pages, &len, nullptr, 0) == 0;
+  // 4096 = MALLCTL_ARENAS_ALL: every arena at once
+  const bool have_stats = mallctl("stats.arenas.4096.pdirty", &dirty_pages, &len, nullptr, 0) == 0;
   const size_t dirty = dirty_pages * static_cast<size_t>(sysconf(_SC_PAGESIZE));
   if (have_stats && dirty <= keep_bytes) return 0;
-  const std::string purge = std::string("arena.") + kAll + ".purge";
-  mallctl(purge.c_str(), nullptr, nullptr, nullptr, 0);
+  mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
   return dirty;
 }
 

@@ -22,9 +22,6 @@ namespace bonsai {
 // SmolLM2-135M forward on 512 tokens: bf16 0.466 s -> 0.368 s, fp32 1.135 s -> 0.934 s (BENCHMARKS.md).
 void configure_allocator();
 
-// "jemalloc" or "glibc": the malloc this process runs on.
-const char* allocator_name();
-
 // jemalloc keeps freed pages for reuse (no decay), which is what a step wants; across steps the kept
 // pages can still grow (measured: +300 MB per step, to an OOM kill at 22 GB after 63 steps of a
 // random-init student). Training calls this after every optimizer step: when more than keep_bytes
