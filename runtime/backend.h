@@ -34,7 +34,10 @@ class Backend {
 void check_step_args(const char* who, int64_t B, int64_t T, const std::vector<int64_t>& slots,
                      const std::vector<int64_t>& start, int64_t max_batch, int64_t max_seq);
 
-// LibTorch ops on the CPU (or whatever device the model's weights are on), in the model's dtype.
-std::unique_ptr<Backend> make_torch_backend(Llama model);
+// LibTorch ops on the CPU (or whatever device the model's weights are on), in the model's dtype. On
+// CPUs with AVX2/FMA/F16C, decode steps (batch <= 8) run our own kernels for the projections, the
+// attention and SwiGLU (runtime/cpu/gemv.h); cpu_kernels false, or BONSAI_CPU_GEMV=0 in the
+// environment, keeps them off (LibTorch ops only, for comparisons).
+std::unique_ptr<Backend> make_torch_backend(Llama model, bool cpu_kernels = true);
 
 }  // namespace bonsai

@@ -18,31 +18,23 @@ namespace {
 namespace F = torch::nn::functional;
 using torch::indexing::Slice;
 
-// x (..., K) @ W_j (N_j, K)^T for each j: on the CPU at batch*time <= 8 (decode), our AVX2 GEMV
-// (runtime/cpu/gemv.h): one pass over the weights at memory speed, where LibTorch's bf16 path reached
-// ~10 GB/s; several projections of the same x (q/k/v, gate/up) share one conversion of x, one parallel
-// loop over all their rows and one conversion back. Elsewhere (prefill, batches, GPUs, CPUs without
-// AVX2/FMA/F16C) F::linear. BONSAI_CPU_GEMV=0 turns the kernel off (for comparisons).
-std::vector<torch::Tensor> decode_linear_multi(const torch::Tensor& x, const std::vector<torch::Tensor>& Ws) {
+// x (..., K) @ W_j (N_j, K)^T for each j, concatenated: (M, sum N_j) fp32, on the CPU at
+// M = batch*time <= 8 (decode) through our AVX2 GEMV (runtime/cpu/gemv.h): one pass over the weights at
+// memory speed, where LibTorch's bf16 path reached ~10 GB/s; several projections of the same x (q/k/v,
+// gate/up) share one conversion of x and one parallel loop over all their rows. Undefined where the
+// kernel does not apply (prefill, batches, GPUs, CPUs without AVX2/FMA/F16C, autograd) or `enabled`
+// is false.
+torch::Tensor gemv_f32(const torch::Tensor& x, const std::vector<torch::Tensor>& Ws, bool enabled) {
   const int64_t K = Ws[0].size(1);
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
   const auto wt = Ws[0].scalar_type();
-  bool fused = cpu::gemv_supported() && x.device().is_cpu() && M >= 1 && M <= 8 &&
-               (wt == torch::kFloat || wt == torch::kBFloat16 || wt == torch::kHalf) &&
-               !(torch::GradMode::is_enabled() && x.requires_grad());
-  static const bool enabled = [] {
-    const char* e = std::getenv("BONSAI_CPU_GEMV");
-    return !(e && std::string(e) == "0");
-  }();
-  fused = fused && enabled;
+  bool ok = enabled && cpu::gemv_supported() && x.device().is_cpu() && M >= 1 && M <= 8 &&
+            (wt == torch::kFloat || wt == torch::kBFloat16 || wt == torch::kHalf) &&
+            !(torch::GradMode::is_enabled() && x.requires_grad());
   for (const auto& W : Ws)
-    fused = fused && W.size(1) == K && W.scalar_type() == wt && W.is_contiguous() &&
-            !(torch::GradMode::is_enabled() && W.requires_grad());
-  std::vector<torch::Tensor> out;
-  if (!fused) {
-    for (const auto& W : Ws) out.push_back(F::linear(x, W));
-    return out;
-  }
+    ok = ok && W.size(1) == K && W.scalar_type() == wt && W.is_contiguous() &&
+         !(torch::GradMode::is_enabled() && W.requires_grad());
+  if (!ok) return {};
   std::vector<int64_t> off{0};
   for (const auto& W : Ws) off.push_back(off.back() + W.size(0));
   const int64_t N = off.back();
@@ -58,16 +50,32 @@ std::vector<torch::Tensor> decode_linear_multi(const torch::Tensor& x, const std
       if (lo < hi) cpu::gemv_rows(t, Ws[j].data_ptr(), xp, static_cast<int>(M), K, lo - off[j], hi - off[j], yp + off[j], N);
     }
   });
+  return y;
+}
+
+// The same products as tensors of x's dtype and shape (..., N_j); F::linear where gemv_f32 does not apply.
+std::vector<torch::Tensor> decode_linear_multi(const torch::Tensor& x, const std::vector<torch::Tensor>& Ws,
+                                               bool kernels) {
+  std::vector<torch::Tensor> out;
+  torch::Tensor y = gemv_f32(x, Ws, kernels);
+  if (!y.defined()) {
+    for (const auto& W : Ws) out.push_back(F::linear(x, W));
+    return out;
+  }
   torch::Tensor yc = y.to(x.scalar_type());
-  for (size_t j = 0; j < Ws.size(); ++j) {
+  int64_t off = 0;
+  for (const auto& W : Ws) {
     auto shape = x.sizes().vec();
-    shape.back() = off[j + 1] - off[j];
-    out.push_back(yc.narrow(1, off[j], off[j + 1] - off[j]).reshape(shape));
+    shape.back() = W.size(0);
+    out.push_back(yc.narrow(1, off, W.size(0)).reshape(shape));
+    off += W.size(0);
   }
   return out;
 }
 
-torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W) { return decode_linear_multi(x, {W})[0]; }
+torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& W, bool kernels) {
+  return decode_linear_multi(x, {W}, kernels)[0];
+}
 
 // transformers' RMSNorm (normalize in fp32, round to the dtype, multiply by the weight) in one pass
 // over each row, for inference on the CPU: at decode the LibTorch version's seven small ops per
@@ -88,9 +96,9 @@ void rms_rows(const T* x, const T* w, T* out, int64_t rows, int64_t C, float eps
   }
 }
 
-torch::Tensor decode_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+torch::Tensor decode_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, bool kernels) {
   const auto t = x.scalar_type();
-  if (!x.device().is_cpu() || !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t ||
+  if (!kernels || !x.device().is_cpu() || !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t ||
       (t != torch::kFloat && t != torch::kBFloat16) || x.numel() > 8 * x.size(-1) ||
       (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())))
     return rms_norm(x, w, eps);
@@ -106,7 +114,9 @@ torch::Tensor decode_rms_norm(const torch::Tensor& x, const torch::Tensor& w, do
 
 class TorchBackend : public Backend {
  public:
-  explicit TorchBackend(Llama model) : model_(std::move(model)), cfg_(model_->config()) {
+  TorchBackend(Llama model, bool cpu_kernels) : model_(std::move(model)), cfg_(model_->config()) {
+    const char* e = std::getenv("BONSAI_CPU_GEMV");  // 0: LibTorch ops only (for comparisons)
+    kernels_ = cpu_kernels && !(e && std::string(e) == "0");
     opts_ = model_->embedding_weight().options().requires_grad(false);
     inv_freq_ = model_->inv_freq().to(opts_.device());
   }
@@ -137,17 +147,12 @@ class TorchBackend : public Backend {
     auto sin = freqs.sin().unsqueeze(1).to(opts_.dtype());
     const int64_t L = *std::max_element(start.begin(), start.end()) + T;
     Attend at{slot_t, pos, start, slots, L, T, {}};
-    if (!(T > 1 && start[0] == 0)) {
-      // Query t of sequence b (at position pos[b,t]) sees cache positions j <= pos[b,t].
-      auto j = torch::arange(L, pos.options());
-      at.mask = (j.view({1, 1, L}) <= pos.unsqueeze(-1)).unsqueeze(1);
-    }
     torch::Tensor x = F::embedding(tokens.to(dev), model_->embedding_weight());  // (B,T,C)
     const auto& layers = model_->layers();
     for (size_t i = 0; i < layers.size(); ++i) x = layer(layers[i], i, x, cos, sin, at);
     x = x.select(1, T - 1);  // (B,C): only the last position's logits are needed
-    x = decode_rms_norm(x.contiguous(), model_->final_norm_weight(), cfg_.rms_norm_eps);
-    return decode_linear(x, model_->output_weight()).to(torch::kFloat);  // (B,V)
+    x = decode_rms_norm(x.contiguous(), model_->final_norm_weight(), cfg_.rms_norm_eps, kernels_);
+    return decode_linear(x, model_->output_weight(), kernels_).to(torch::kFloat);  // (B,V)
   }
 
   const LlamaConfig& config() const override { return cfg_; }
@@ -160,7 +165,7 @@ class TorchBackend : public Backend {
     const std::vector<int64_t>& start;
     const std::vector<int64_t>& slots;
     int64_t L, T;
-    torch::Tensor mask;  // (B,1,T,L), built once per step; undefined for a fresh prompt (causal)
+    mutable torch::Tensor mask;  // (B,1,T,L), built by the first layer that needs it, once per step
   };
 
   void check_step(int64_t B, int64_t T, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) const {
@@ -190,33 +195,128 @@ class TorchBackend : public Backend {
     if (at.T > 1 && at.start[0] == 0) {  // a fresh prompt: plain causal attention (flash kernel)
       return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
     }
+    if (!at.mask.defined()) {  // query t of sequence b (at position pos[b,t]) sees cache positions j <= pos[b,t]
+      auto j = torch::arange(at.L, at.pos.options());
+      at.mask = (j.view({1, 1, at.L}) <= at.pos.unsqueeze(-1)).unsqueeze(1);
+    }
     return at::scaled_dot_product_attention(q, k, v, at.mask, 0.0, false, std::nullopt, gqa);
+  }
+
+  // One decode step's attention on the CPU (T == 1), from the fp32 q/k/v rows of one GEMV, y (B, (H +
+  // 2 Hkv) D): RoPE on q and k, k and v written into the cache at each sequence's position, then each
+  // query head against its KV head's positions [0, pos] (runtime/cpu/gemv.h attend_row), in parallel
+  // over (sequence, head). Replaces the ~20 LibTorch ops per layer of the general path (RoPE, cache
+  // index_put, masked SDPA, transposes), which at batch 1 cost more than the arithmetic. Values are
+  // rounded to the model's dtype where that path rounds them (q, k, v, RoPE's products and sums, the
+  // output); the attention itself accumulates in fp32, as SDPA's CPU kernels do. Returns (B, 1, H D).
+  template <typename T>
+  torch::Tensor attend_decode(torch::Tensor& y, size_t i, const torch::Tensor& cos, const torch::Tensor& sin,
+                              const Attend& at) {
+    const int64_t B = y.size(0), N = y.size(1), D = cfg_.head_dim, half = D / 2, S = max_seq_;
+    const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, group = H / Hkv;
+    auto rnd = [](float f) { return static_cast<float>(static_cast<T>(f)); };
+    float* yp = y.data_ptr<float>();
+    T* kc = k_[i].data_ptr<T>();
+    T* vc = v_[i].data_ptr<T>();
+    const T* cp = cos.data_ptr<T>();  // (B, D/2)
+    const T* sp = sin.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      float* r = yp + b * N;
+      for (int64_t n = 0; n < N; ++n) r[n] = rnd(r[n]);
+      for (int64_t hd = 0; hd < H + Hkv; ++hd) {  // the q heads, then the k heads
+        float* v = r + hd * D;
+        for (int64_t d = 0; d < half; ++d) {
+          const float x1 = v[d], x2 = v[d + half], c = static_cast<float>(cp[b * half + d]), s = static_cast<float>(sp[b * half + d]);
+          v[d] = rnd(rnd(x1 * c) - rnd(x2 * s));
+          v[d + half] = rnd(rnd(x2 * c) + rnd(x1 * s));
+        }
+      }
+      for (int64_t g = 0; g < Hkv; ++g) {
+        const int64_t row = ((at.slots[b] * Hkv + g) * S + at.start[b]) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          kc[row + d] = static_cast<T>(r[(H + g) * D + d]);
+          vc[row + d] = static_cast<T>(r[(H + Hkv + g) * D + d]);
+        }
+      }
+    }
+    torch::Tensor out = torch::empty({B, 1, H * D}, opts_);
+    T* op = out.data_ptr<T>();
+    const auto wt = std::is_same_v<T, float> ? cpu::WType::F32 : cpu::WType::BF16;
+    const float scale = 1.f / std::sqrt(static_cast<float>(D));
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> buf(at.L + D);
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const int64_t b = bh / H, h = bh % H, kv = ((at.slots[b] * Hkv + h / group) * S) * D;
+        cpu::attend_row(wt, yp + b * N + h * D, kc + kv, vc + kv, at.start[b] + 1, D, scale, buf.data(), buf.data() + at.L);
+        for (int64_t d = 0; d < D; ++d) op[bh * D + d] = static_cast<T>(buf[at.L + d]);
+      }
+    });
+    return out;
+  }
+
+  // silu(gate) * up from the fp32 (B, 2 I) rows of one GEMV, rounded as F::silu(g) * u rounds in the
+  // model's dtype. Returns (B, 1, I).
+  template <typename T>
+  torch::Tensor swiglu_decode(const torch::Tensor& gu) {
+    const int64_t B = gu.size(0), I = gu.size(1) / 2;
+    auto rnd = [](float f) { return static_cast<float>(static_cast<T>(f)); };
+    torch::Tensor out = torch::empty({B, 1, I}, opts_);
+    const float* g = gu.data_ptr<float>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, B * I, 2048, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        const int64_t b = n / I, j = n % I;
+        const float a = rnd(g[b * 2 * I + j]), u = rnd(g[b * 2 * I + I + j]);
+        op[n] = static_cast<T>(rnd(a / (1.f + std::exp(-a))) * u);
+      }
+    });
+    return out;
   }
 
   torch::Tensor layer(const LlamaLayer& l, size_t i, torch::Tensor x, const torch::Tensor& cos,
                       const torch::Tensor& sin, const Attend& at) {
     const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
     const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
-    torch::Tensor h = decode_rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps);
-    auto qkv = decode_linear_multi(h, {l.q->weight, l.k->weight, l.v->weight});
-    torch::Tensor q = qkv[0].reshape({B, T, H, D}).transpose(1, 2);
-    torch::Tensor k = qkv[1].reshape({B, T, Hkv, D}).transpose(1, 2);
-    torch::Tensor v = qkv[2].reshape({B, T, Hkv, D}).transpose(1, 2);
-    q = apply_rope(q, cos, sin);
-    k = apply_rope(k, cos, sin);
-    write_cache(k_[i], k, at);
-    write_cache(v_[i], v, at);
-    torch::Tensor a = attention(q, gather(k_[i], at), gather(v_[i], at), at);
-    a = a.transpose(1, 2).reshape({B, T, H * D});
-    x = x + decode_linear(a, l.o->weight);
-    h = decode_rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps);
-    auto gu = decode_linear_multi(h, {l.gate->weight, l.up->weight});
-    torch::Tensor act = F::silu(gu[0]) * gu[1];
-    return x + decode_linear(act, l.down->weight);
+    const bool bf16 = opts_.dtype() == torch::kBFloat16;
+    // Decode on the CPU in fp32 or bf16: the fused attention and SwiGLU above, where the GEMV applies.
+    const bool fused = kernels_ && T == 1 && opts_.device().is_cpu() && (bf16 || opts_.dtype() == torch::kFloat);
+    torch::Tensor h = decode_rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps, kernels_);
+    torch::Tensor a;  // (B,T,H*D)
+    if (fused) {
+      torch::Tensor y = gemv_f32(h, {l.q->weight, l.k->weight, l.v->weight}, true);
+      if (y.defined())
+        a = bf16 ? attend_decode<at::BFloat16>(y, i, cos.contiguous(), sin.contiguous(), at)
+                 : attend_decode<float>(y, i, cos.contiguous(), sin.contiguous(), at);
+    }
+    if (!a.defined()) {
+      auto qkv = decode_linear_multi(h, {l.q->weight, l.k->weight, l.v->weight}, kernels_);
+      torch::Tensor q = qkv[0].reshape({B, T, H, D}).transpose(1, 2);
+      torch::Tensor k = qkv[1].reshape({B, T, Hkv, D}).transpose(1, 2);
+      torch::Tensor v = qkv[2].reshape({B, T, Hkv, D}).transpose(1, 2);
+      q = apply_rope(q, cos, sin);
+      k = apply_rope(k, cos, sin);
+      write_cache(k_[i], k, at);
+      write_cache(v_[i], v, at);
+      a = attention(q, gather(k_[i], at), gather(v_[i], at), at);
+      a = a.transpose(1, 2).reshape({B, T, H * D});
+    }
+    x = x + decode_linear(a, l.o->weight, kernels_);
+    h = decode_rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps, kernels_);
+    torch::Tensor act;  // silu(gate) * up, (B,T,I)
+    if (fused) {
+      torch::Tensor gu = gemv_f32(h, {l.gate->weight, l.up->weight}, true);
+      if (gu.defined()) act = bf16 ? swiglu_decode<at::BFloat16>(gu) : swiglu_decode<float>(gu);
+    }
+    if (!act.defined()) {
+      auto gu = decode_linear_multi(h, {l.gate->weight, l.up->weight}, kernels_);
+      act = F::silu(gu[0]) * gu[1];
+    }
+    return x + decode_linear(act, l.down->weight, kernels_);
   }
 
   Llama model_;
   LlamaConfig cfg_;
+  bool kernels_ = true;  // the CPU decode kernels (GEMV, fused attention and SwiGLU) where they apply
   torch::TensorOptions opts_;
   torch::Tensor inv_freq_;
   std::vector<torch::Tensor> k_, v_;
@@ -234,6 +334,11 @@ void check_step_args(const char* who, int64_t B, int64_t T, const std::vector<in
   for (int64_t b = 0; b < B; ++b) {
     if (slots[b] < 0 || slots[b] >= max_batch)
       throw Error(w + ": slot " + std::to_string(slots[b]) + " outside the cache's " + std::to_string(max_batch) + " slots");
+    if (start[b] < 0) throw Error(w + ": sequence " + std::to_string(b) + " starts at position " + std::to_string(start[b]));
+    for (int64_t c = 0; c < b; ++c)
+      if (slots[c] == slots[b])
+        throw Error(w + ": sequences " + std::to_string(c) + " and " + std::to_string(b) + " share cache slot " +
+                    std::to_string(slots[b]), "give each sequence of a batch its own slot");
     if (start[b] + T > max_seq)
       throw Error(w + ": sequence needs " + std::to_string(start[b] + T) + " positions, the KV cache holds " +
                       std::to_string(max_seq),
@@ -241,6 +346,8 @@ void check_step_args(const char* who, int64_t B, int64_t T, const std::vector<in
   }
 }
 
-std::unique_ptr<Backend> make_torch_backend(Llama model) { return std::make_unique<TorchBackend>(std::move(model)); }
+std::unique_ptr<Backend> make_torch_backend(Llama model, bool cpu_kernels) {
+  return std::make_unique<TorchBackend>(std::move(model), cpu_kernels);
+}
 
 }  // namespace bonsai

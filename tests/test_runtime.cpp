@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "model/checkpoint.h"
+#include "runtime/cpu/gemv.h"
 #include "runtime/engine.h"
 #include "test_util.h"
 
@@ -25,7 +26,7 @@ std::vector<int32_t> random_prompt(int64_t n, int64_t vocab, uint64_t seed) {
 // different attention kernels (masked math vs flash) -> 1e-5 relative, as for the model itself.
 TEST(Runtime, CachedStepsMatchFullForward) {
   BONSAI_REQUIRE_DIR("BONSAI_GOLDEN_DIR", root);
-  for (const char* name : {"gqa_untied", "llama3_long"}) {
+  for (const char* name : {"gqa_untied", "llama3_long", "headdim_tied"}) {
     Llama m = load_model(root + "/" + name);
     auto be = make_torch_backend(m);
     be->reserve(1, 96);
@@ -40,6 +41,90 @@ TEST(Runtime, CachedStepsMatchFullForward) {
       EXPECT_LE(rel_err(logits[0], full[t]), 1e-5) << name << " position " << t;
     }
   }
+}
+
+// The CPU decode kernels (GEMV, fused attention, SwiGLU, one-pass RMSNorm) against the same backend
+// on LibTorch ops alone, over a prefill and 24 decode steps of 3 sequences in non-contiguous slots.
+// fp32: equal to 1e-5. bf16: the two round at different points, so each is compared with fp32
+// arithmetic on the same (bf16-rounded) weights, and the kernels must be as close to it as LibTorch.
+TEST(Runtime, CpuDecodeKernelsMatchLibTorchOps) {
+  BONSAI_REQUIRE_DIR("BONSAI_GOLDEN_DIR", root);
+  if (!cpu::gemv_supported()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (const char* name : {"gqa_untied", "headdim_tied"}) {
+      Llama m = load_model(root + "/" + name), m32 = load_model(root + "/" + name);
+      m->to(dtype);
+      m32->to(dtype);
+      m32->to(torch::kFloat);
+      auto fused = make_torch_backend(m), plain = make_torch_backend(m, /*cpu_kernels=*/false);
+      auto ref = make_torch_backend(m32, /*cpu_kernels=*/false);
+      std::vector<Backend*> bes = {fused.get(), plain.get(), ref.get()};
+      const std::vector<int64_t> slots = {3, 0, 2};
+      std::vector<int64_t> pos;
+      for (auto* be : bes) be->reserve(4, 64);
+      torch::NoGradGuard ng;
+      for (int64_t b = 0; b < 3; ++b) {
+        auto ids = random_prompt(5 + 7 * b, m->config().vocab_size, 20 + b);
+        auto t = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kLong).unsqueeze(0);
+        for (auto* be : bes) be->step(t, {slots[b]}, {0});
+        pos.push_back(static_cast<int64_t>(ids.size()));
+      }
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(4);
+      double fused_plain = 0, fused_ref = 0, plain_ref = 0;
+      for (int s = 0; s < 24; ++s) {
+        auto tok = torch::randint(0, m->config().vocab_size, {3, 1}, gen, torch::kLong);
+        auto a = fused->step(tok, slots, pos), b = plain->step(tok, slots, pos), r = ref->step(tok, slots, pos);
+        for (int64_t i = 0; i < 3; ++i) {
+          fused_plain = std::max(fused_plain, rel_err(a[i], b[i]));
+          fused_ref = std::max(fused_ref, rel_err(a[i], r[i]));
+          plain_ref = std::max(plain_ref, rel_err(b[i], r[i]));
+        }
+        for (auto& p : pos) ++p;
+      }
+      std::printf("%s %s: kernels vs LibTorch %.2e, kernels vs fp32 %.2e, LibTorch vs fp32 %.2e\n", name,
+                  c10::toString(dtype), fused_plain, fused_ref, plain_ref);
+      if (dtype == torch::kFloat) {
+        EXPECT_LE(fused_plain, 1e-5) << name;
+      } else {
+        EXPECT_LE(fused_ref, 1.25 * plain_ref) << name;
+        EXPECT_LE(fused_plain, 2.5e-2) << name;
+      }
+    }
+  }
+}
+
+// The CPU decode attention kernel against a double-precision softmax(q k^T / sqrt(D)) v, for head
+// widths with and without a tail beyond the 8-wide vectors, one and many positions, fp32 and bf16 rows.
+TEST(CpuKernels, AttendRowMatchesReference) {
+  if (!cpu::gemv_supported()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (int64_t D : {8, 20, 24, 64, 128}) {
+      for (int64_t L : {1, 7, 130}) {
+        auto q = torch::randn({D}, gen) * (L == 130 ? 300.0 : 1.0);  // large scores: exp must not overflow
+        auto k = torch::randn({L, D}, gen).to(dtype), v = torch::randn({L, D}, gen).to(dtype);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+        auto p = torch::softmax(k.to(torch::kDouble).matmul(q.to(torch::kDouble)) * scale, 0);
+        auto want = p.matmul(v.to(torch::kDouble));
+        std::vector<float> scratch(L), out(D);
+        cpu::attend_row(dtype == torch::kFloat ? cpu::WType::F32 : cpu::WType::BF16, q.data_ptr<float>(), k.data_ptr(),
+                        v.data_ptr(), L, D, static_cast<float>(scale), scratch.data(), out.data());
+        auto got = torch::from_blob(out.data(), {D}, torch::kFloat).to(torch::kDouble);
+        EXPECT_LE((got - want).abs().max().item<double>(), 1e-5) << "D " << D << " L " << L << " " << dtype;
+      }
+    }
+  }
+}
+
+TEST(Runtime, StepArgumentsAreChecked) {
+  BONSAI_REQUIRE_DIR("BONSAI_GOLDEN_DIR", root);
+  auto be = make_torch_backend(load_model(root + "/gqa_untied"));
+  be->reserve(2, 16);
+  auto one = torch::tensor({{3L}}), two = torch::tensor({{3L}, {4L}});
+  EXPECT_THAT([&] { be->step(one, {0}, {-1}); }, testing::ThrowsMessage<Error>(testing::HasSubstr("starts at position -1")));
+  EXPECT_THAT([&] { be->step(two, {1, 1}, {0, 0}); }, testing::ThrowsMessage<Error>(testing::HasSubstr("share cache slot 1")));
+  EXPECT_THAT([&] { be->step(one, {2}, {0}); }, testing::ThrowsMessage<Error>(testing::HasSubstr("outside the cache")));
+  EXPECT_THAT([&] { be->step(one, {0}, {16}); }, testing::ThrowsMessage<Error>(testing::HasSubstr("the KV cache holds 16")));
 }
 
 TEST(Runtime, BatchedDecodeMatchesSingleSequences) {

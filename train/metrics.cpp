@@ -42,14 +42,20 @@ void MetricsLogger::write_json(int64_t step, const char* split, const std::map<s
 void MetricsLogger::log_train(int64_t step, int64_t max_steps, const std::map<std::string, double>& values) {
   if (!enabled_) return;
   write_json(step, "train", values);
-  if (first_step_ < 0) first_step_ = step - 1, start_ = std::chrono::steady_clock::now();
-  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double per_step = el / std::max<int64_t>(1, step - first_step_);
-  double eta = per_step * (max_steps - step);
+  // The clock starts when the first logged step ends: the ETA is the mean time of the steps since
+  // then (the first step, with its warm-up, is left out) times the steps left.
+  const auto now = std::chrono::steady_clock::now();
+  if (first_step_ < 0) first_step_ = step, start_ = now;
+  char eta[32] = "--";
+  if (step > first_step_) {
+    const double per_step = std::chrono::duration<double>(now - start_).count() / static_cast<double>(step - first_step_);
+    const int s = static_cast<int>(per_step * static_cast<double>(max_steps - step));
+    std::snprintf(eta, sizeof eta, "%dm%02ds", s / 60, s % 60);
+  }
   auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? 0.0 : it->second; };
-  std::fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %dm%02ds%s", tty_ ? "\r" : "",
-               static_cast<long>(step), static_cast<long>(max_steps), get("loss"), get("lr"), get("tokens_per_s"),
-               static_cast<int>(eta) / 60, static_cast<int>(eta) % 60, tty_ ? "   " : "\n");
+  std::fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s", tty_ ? "\r" : "",
+               static_cast<long>(step), static_cast<long>(max_steps), get("loss"), get("lr"), get("tokens_per_s"), eta,
+               tty_ ? "   " : "\n");
   std::fflush(stderr);
 }
 

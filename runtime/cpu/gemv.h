@@ -1,4 +1,4 @@
-// CPU matrix-vector kernels for decode at batch 1..8: y (B, N) = x (B, K) @ W (N, K)^T with W in
+// CPU kernels for decode. Matrix-vector products at batch 1..8: y (B, N) = x (B, K) @ W (N, K)^T with W in
 // fp32, bf16 or fp16, read once per call with 256-bit loads (AVX2 + FMA + F16C; bf16 widened by a
 // shift), fp32 accumulation. A decode step reads every weight once, so this is memory-bound: the goal
 // is the machine's bandwidth. No Torch headers; runtime/torch_backend.cpp threads it over rows.
@@ -17,5 +17,11 @@ bool gemv_supported();
 // (B, N) with row stride ldy. B <= 8.
 void gemv_rows(WType wt, const void* W, const float* x, int B, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy);
+
+// One query against L cached positions of one KV head: out (D) = softmax(scale * q . k_j) v_j over
+// j in [0, L), fp32 accumulation. q fp32 (D); k, v (L, D) contiguous rows of type t; scratch holds L
+// floats. Same AVX2/FMA/F16C requirement as gemv_rows.
+void attend_row(WType t, const float* q, const void* k, const void* v, int64_t L, int64_t D, float scale,
+                float* scratch, float* out);
 
 }  // namespace bonsai::cpu

@@ -1,5 +1,5 @@
-// AVX2/FMA/F16C matrix-vector rows (see gemv.h). Compiled with -mavx2 -mfma -mf16c; called only
-// when gemv_supported() says the CPU has them.
+// AVX2/FMA/F16C matrix-vector rows and single-query attention (see gemv.h). Compiled with -mavx2
+// -mfma -mf16c; called only when gemv_supported() says the CPU has them.
 #include "runtime/cpu/gemv.h"
 
 #include <immintrin.h>
@@ -85,7 +85,54 @@ void dispatch_b(int B, const void* W, const float* x, int64_t K, int64_t n0, int
   }
 }
 
+// dot(q, row) over D (q fp32).
+template <WType T>
+inline float dot_row(const float* q, const void* row, int64_t D) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<T>(row, d), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), load8<T>(row, d + 8), a1);
+  }
+  for (; d + 8 <= D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<T>(row, d), a0);
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; d < D; ++d) s += q[d] * load1<T>(row, d);
+  return s;
+}
+
+template <WType T>
+void attend_kernel(const float* q, const void* k, const void* v, int64_t L, int64_t D, float scale, float* p,
+                   float* out) {
+  const int64_t es = elem_size(T);
+  float mx = -__builtin_inff();
+  for (int64_t j = 0; j < L; ++j) {
+    p[j] = dot_row<T>(q, static_cast<const char*>(k) + j * D * es, D) * scale;
+    mx = p[j] > mx ? p[j] : mx;
+  }
+  float sum = 0.f;
+  for (int64_t j = 0; j < L; ++j) sum += (p[j] = __builtin_expf(p[j] - mx));
+  const float inv = 1.f / sum;
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  for (int64_t j = 0; j < L; ++j) {
+    const void* row = static_cast<const char*>(v) + j * D * es;
+    const float w = p[j] * inv;
+    const __m256 wv = _mm256_set1_ps(w);
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) _mm256_storeu_ps(out + d, _mm256_fmadd_ps(wv, load8<T>(row, d), _mm256_loadu_ps(out + d)));
+    for (; d < D; ++d) out[d] += w * load1<T>(row, d);
+  }
+}
+
 }  // namespace
+
+void attend_row(WType t, const float* q, const void* k, const void* v, int64_t L, int64_t D, float scale,
+                float* scratch, float* out) {
+  switch (t) {
+    case WType::F32: return attend_kernel<WType::F32>(q, k, v, L, D, scale, scratch, out);
+    case WType::BF16: return attend_kernel<WType::BF16>(q, k, v, L, D, scale, scratch, out);
+    case WType::F16: return attend_kernel<WType::F16>(q, k, v, L, D, scale, scratch, out);
+  }
+}
 
 bool gemv_supported() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");

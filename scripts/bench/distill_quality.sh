@@ -5,11 +5,13 @@
 #   (a) pruned + KD       (forward KL to the teacher, kd_weight 1)
 #   (b) pruned + CE only  (the same data, labels only, kd_weight 0)
 #   (c) random init + KD  (the same shape, student.init=random)
+#   (d) pruned + KD/CE    (half forward KL, half cross-entropy; only with RUNS="a b c d")
 # and the held-out perplexity of each (plus the teacher's and the pruned student's before training).
 #
 # Data (all read in place from ../shared/data; splits are written under OUT, never into the repo):
 #   train:    C4 demo documents 1-270, Pride and Prejudice, WikiText-2 *valid*
-#   held out: C4 demo documents 271-300; WikiText-2 *test* (first EVAL_TOKENS tokens)
+#   held out: C4 demo documents 271-300; WikiText-2 *test* and Tiny Shakespeare (the first EVAL_TOKENS
+#             tokens of each; Shakespeare is out of the training domain, WikiText-2's tokenized form is in it)
 # Pruning calibrates on the training C4 documents only.
 #
 #   scripts/bench/distill_quality.sh [OUT_DIR]        (default runs/bench-distill-quality)
@@ -65,7 +67,8 @@ COMMON=(teacher.models="[$OUT/teacher]" teacher.dtype=f32 student.model="$OUT/pr
         train.max_steps="$STEPS" train.micro_batch=8 train.seq_len=256 train.grad_accum=1
         train.lr=3e-4 train.min_lr_ratio=0.1 train.warmup_steps=$((STEPS / 20 + 1)) train.schedule=cosine
         train.seed=1 train.save_every=0 train.log_every=1 train.eval_every=0)
-declare -A EXTRA=([a]="loss.kd_weight=1.0" [b]="loss.kd_weight=0.0" [c]="loss.kd_weight=1.0 student.init=random")
+declare -A EXTRA=([a]="loss.kd_weight=1.0" [b]="loss.kd_weight=0.0" [c]="loss.kd_weight=1.0 student.init=random"
+                  [d]="loss.kd_weight=0.5")
 for r in $RUNS; do
   [ -f "$OUT/run-$r/student/config.json" ] && continue
   log "run ($r): ${EXTRA[$r]}"
@@ -82,6 +85,9 @@ ppl() {  # ppl NAME MODEL
     --output "$OUT/eval-$name-wt2.json" >&2
   [ -f "$OUT/eval-$name-c4.json" ] || "$BONSAI" eval --model "$model" --tokenizer smollm2-135m-instruct --task perplexity \
     --data "$OUT/c4_heldout" window=512 stride=512 progress=false --output "$OUT/eval-$name-c4.json" >&2
+  [ -f "$OUT/eval-$name-shakespeare.json" ] || "$BONSAI" eval --model "$model" --tokenizer smollm2-135m-instruct \
+    --task perplexity --data "$SHARED/text/tinyshakespeare.txt" limit="$EVAL_TOKENS" window=512 stride=512 progress=false \
+    --output "$OUT/eval-$name-shakespeare.json" >&2
 }
 log "evaluate"
 ppl teacher "$OUT/teacher"
@@ -99,16 +105,20 @@ def train(r):
     recs = [json.loads(l) for l in open(f"{out}/run-{r}/metrics.jsonl")]
     recs = [x for x in recs if x.get("split") == "train"]
     secs = sum((recs[i]["tokens"] - (recs[i - 1]["tokens"] if i else 0)) / recs[i]["tokens_per_s"] for i in range(len(recs)))
-    loss = recs[-1]["kd"] if recs[-1]["kd"] else recs[-1]["ce"]
+    loss = recs[-1]["loss"]
     return recs[-1]["tokens"], secs, loss
-label = {"a": "(a) pruned + KD", "b": "(b) pruned + CE only", "c": "(c) random init + KD"}
-wt2_n, c4_n = ppl("teacher", "wt2")[1], ppl("teacher", "c4")[1]
-print(f"| student | train tokens | train time | last step loss | WikiText-2 test ppl ({wt2_n:,} tok) | C4 held-out ppl ({c4_n:,} tok) |")
-print("|---|---|---|---|---|---|")
+label = {"a": "(a) pruned + KD", "b": "(b) pruned + CE only", "c": "(c) random init + KD", "d": "(d) pruned + KD/CE 50/50"}
+sets = ["wt2", "c4", "shakespeare"]
+n = {s: ppl("teacher", s)[1] for s in sets}
+print(f"| student | train tokens | train time | last step loss | WikiText-2 test ppl ({n['wt2']:,} tok) "
+      f"| C4 held-out ppl ({n['c4']:,} tok) | Tiny Shakespeare ppl ({n['shakespeare']:,} tok) |")
+print("|---|---|---|---|---|---|---|")
+def cells(name):
+    return " | ".join(ppl(name, s)[0] for s in sets)
 for name, what in [("teacher", "teacher (SmolLM2-135M-Instruct)"), ("pruned", "pruned, before training")]:
-    print(f"| {what} | - | - | - | {ppl(name, 'wt2')[0]} | {ppl(name, 'c4')[0]} |")
+    print(f"| {what} | - | - | - | {cells(name)} |")
 for r in runs:
     tokens, secs, loss = train(r)
-    kind = "CE" if r == "b" else "KD"
-    print(f"| {label[r]} | {tokens:,} | {secs / 60:.1f} min | {loss:.3f} ({kind}) | {ppl('run-' + r, 'wt2')[0]} | {ppl('run-' + r, 'c4')[0]} |")
+    kind = {"b": "CE", "d": "KD + CE"}.get(r, "KD")
+    print(f"| {label[r]} | {tokens:,} | {secs / 60:.1f} min | {loss:.3f} ({kind}) | {cells('run-' + r)} |")
 PY
