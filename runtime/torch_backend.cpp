@@ -118,6 +118,7 @@ class TorchBackend : public Backend {
     const char* e = std::getenv("BONSAI_CPU_GEMV");  // 0: LibTorch ops only (for comparisons)
     kernels_ = cpu_kernels && !(e && std::string(e) == "0");
     opts_ = model_->embedding_weight().options().requires_grad(false);
+    fused_decode_ = kernels_ && opts_.device().is_cpu() && (opts_.dtype() == torch::kFloat || opts_.dtype() == torch::kBFloat16);
     inv_freq_ = model_->inv_freq().to(opts_.device());
   }
 
@@ -143,8 +144,8 @@ class TorchBackend : public Backend {
     auto start_t = torch::tensor(start, torch::kLong).to(dev);
     auto pos = start_t.unsqueeze(1) + torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(dev));  // (B,T)
     auto freqs = pos.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // (B,T,D/2), fp32 as in the forward
-    auto cos = freqs.cos().unsqueeze(1).to(opts_.dtype());          // (B,1,T,D/2)
-    auto sin = freqs.sin().unsqueeze(1).to(opts_.dtype());
+    auto cos = freqs.cos().unsqueeze(1).to(opts_.dtype()).contiguous();  // (B,1,T,D/2)
+    auto sin = freqs.sin().unsqueeze(1).to(opts_.dtype()).contiguous();
     const int64_t L = *std::max_element(start.begin(), start.end()) + T;
     Attend at{slot_t, pos, start, slots, L, T, {}};
     torch::Tensor x = F::embedding(tokens.to(dev), model_->embedding_weight());  // (B,T,C)
@@ -278,15 +279,12 @@ class TorchBackend : public Backend {
     const int64_t B = x.size(0), T = x.size(1), D = cfg_.head_dim;
     const int64_t H = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
     const bool bf16 = opts_.dtype() == torch::kBFloat16;
-    // Decode on the CPU in fp32 or bf16: the fused attention and SwiGLU above, where the GEMV applies.
-    const bool fused = kernels_ && T == 1 && opts_.device().is_cpu() && (bf16 || opts_.dtype() == torch::kFloat);
+    const bool fused = fused_decode_ && T == 1;
     torch::Tensor h = decode_rms_norm(x, l.attn_norm->weight, cfg_.rms_norm_eps, kernels_);
     torch::Tensor a;  // (B,T,H*D)
     if (fused) {
-      torch::Tensor y = gemv_f32(h, {l.q->weight, l.k->weight, l.v->weight}, true);
-      if (y.defined())
-        a = bf16 ? attend_decode<at::BFloat16>(y, i, cos.contiguous(), sin.contiguous(), at)
-                 : attend_decode<float>(y, i, cos.contiguous(), sin.contiguous(), at);
+      torch::Tensor y = gemv_f32(h, {l.q->weight, l.k->weight, l.v->weight}, kernels_);
+      if (y.defined()) a = bf16 ? attend_decode<at::BFloat16>(y, i, cos, sin, at) : attend_decode<float>(y, i, cos, sin, at);
     }
     if (!a.defined()) {
       auto qkv = decode_linear_multi(h, {l.q->weight, l.k->weight, l.v->weight}, kernels_);
@@ -304,12 +302,12 @@ class TorchBackend : public Backend {
     h = decode_rms_norm(x, l.ffn_norm->weight, cfg_.rms_norm_eps, kernels_);
     torch::Tensor act;  // silu(gate) * up, (B,T,I)
     if (fused) {
-      torch::Tensor gu = gemv_f32(h, {l.gate->weight, l.up->weight}, true);
+      torch::Tensor gu = gemv_f32(h, {l.gate->weight, l.up->weight}, kernels_);
       if (gu.defined()) act = bf16 ? swiglu_decode<at::BFloat16>(gu) : swiglu_decode<float>(gu);
     }
     if (!act.defined()) {
       auto gu = decode_linear_multi(h, {l.gate->weight, l.up->weight}, kernels_);
-      act = F::silu(gu[0]) * gu[1];
+      act = swiglu(gu[0], gu[1]);
     }
     return x + decode_linear(act, l.down->weight, kernels_);
   }
@@ -317,6 +315,7 @@ class TorchBackend : public Backend {
   Llama model_;
   LlamaConfig cfg_;
   bool kernels_ = true;  // the CPU decode kernels (GEMV, fused attention and SwiGLU) where they apply
+  bool fused_decode_ = false;  // and the model is on the CPU in fp32 or bf16: decode steps take attend_decode / swiglu_decode
   torch::TensorOptions opts_;
   torch::Tensor inv_freq_;
   std::vector<torch::Tensor> k_, v_;
