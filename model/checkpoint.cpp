@@ -306,7 +306,9 @@ void save_hf_checkpoint(const std::string& dir, const LlamaConfig& cfg_in,
   LlamaConfig cfg = cfg_in;
   cfg.torch_dtype = dtype_hf_name(opt.dtype);
   std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [name, t] : tensors_in) tensors[name] = t.to(opt.dtype).contiguous();
+  // Host copies: the writer reads data_ptr() from this process, so tensors on a GPU (a trainer's
+  // checkpoint) come over to the CPU here, one at a time as they are converted.
+  for (const auto& [name, t] : tensors_in) tensors[name] = t.to(torch::kCPU, opt.dtype).contiguous();
   check_against_table(cfg, tensors, "saving '" + dir + "'");
 
   fs::path partial = dir + ".partial";

@@ -127,7 +127,7 @@ void write_gguf(const std::string& path, const LlamaConfig& cfg, const std::map<
     TensorRole role = s.role;
     int64_t heads = role == TensorRole::kAttnQ ? cfg.num_attention_heads : cfg.num_key_value_heads;
     w.add_tensor(s.gguf_name, ne, type, nbytes, [t, type, role, heads](const gguf::Writer::Sink& sink) {
-      torch::Tensor f = t.to(torch::kFloat).contiguous();  // one tensor in fp32 at a time
+      torch::Tensor f = t.to(torch::kCPU, torch::kFloat).contiguous();  // one host tensor in fp32 at a time
       if (role == TensorRole::kAttnQ || role == TensorRole::kAttnK) f = permute_qk_for_gguf(f, heads);
       emit(f, type, sink);
     });

@@ -74,7 +74,7 @@ class CudaBackendImpl : public CudaBackend {
       k_.push_back(torch::zeros({max_batch_ + 1, Hkv_, max_seq_, D_}, o));
       v_.push_back(torch::zeros({max_batch_ + 1, Hkv_, max_seq_, D_}, o));
     }
-    splits_ = opt_.attention_splits > 0 ? opt_.attention_splits : cuda::default_attention_splits(max_seq_);
+    splits_ = opt_.attention_splits;  // 0: chosen per call from the batch (cuda::default_attention_splits)
   }
 
   Tensor step(const Tensor& tokens, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) override {
@@ -174,7 +174,7 @@ class CudaBackendImpl : public CudaBackend {
 
 
   Tensor linear(const Tensor& x, const Tensor& W) const {
-    if (opt_.gemv && x.size(0) <= 8) return cuda::gemv(W, x);
+    if (opt_.gemv && x.size(0) <= 8) return cuda::gemv(W, x, opt_.gemv_loads, opt_.overlap);
     return at::mm(x, W.t());
   }
 

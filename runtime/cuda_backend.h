@@ -16,7 +16,9 @@ struct CudaBackendOptions {
   torch::ScalarType dtype = torch::kBFloat16;  // weights, activations and KV cache
   bool graphs = true;        // capture decode steps as CUDA graphs
   bool gemv = true;          // our GEMV kernel at batch <= 8 (else cuBLAS through at::mm)
-  int64_t attention_splits = 0;  // 0 = from the cache length
+  int gemv_loads = 2;        // its variant (cuda::gemv's loads: 0, 2, 4, 8; 2 was fastest on an H200)
+  bool overlap = true;       // GEMVs launched as programmatic dependents (Hopper+): weight reads overlap the kernel before
+  int64_t attention_splits = 0;  // 0 = per call, from the batch and kv heads (fill the GPU)
   int device = 0;
 };
 

@@ -35,10 +35,10 @@ torch::Tensor add_rmsnorm(torch::Tensor&, const std::optional<torch::Tensor>&, c
 torch::Tensor rope_qkv_to_cache(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                 torch::Tensor&, torch::Tensor&, int64_t, int64_t, int64_t) { no_cuda("rope_qkv_to_cache"); }
 torch::Tensor swiglu(const torch::Tensor&) { no_cuda("swiglu"); }
-torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&) { no_cuda("gemv"); }
+torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, int, bool) { no_cuda("gemv"); }
 torch::Tensor decode_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                const torch::Tensor&, int64_t) { no_cuda("decode_attention"); }
-int64_t default_attention_splits(int64_t max_seq) { return std::max<int64_t>(1, std::min<int64_t>(64, (max_seq + 255) / 256)); }
+int64_t default_attention_splits(int64_t, int64_t, int64_t) { return 1; }
 torch::Tensor sample(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, torch::Tensor&) { no_cuda("sample"); }
 std::pair<torch::Tensor, torch::Tensor> kd_loss_chunk(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
@@ -176,8 +176,10 @@ torch::Tensor swiglu(const torch::Tensor& gate_up) {
   return out;
 }
 
-torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in) {
+torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
   const char* op = "gemv";
+  if (loads != 0 && loads != 2 && loads != 4 && loads != 8)
+    throw Error("cuda gemv: loads=" + std::to_string(loads) + " is not one of 0, 2, 4, 8");
   need_cuda(W_in, op, "W");
   need_cuda(x_in, op, "x");
   need_dim(W_in, 2, op, "W");
@@ -189,13 +191,19 @@ torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in) {
   torch::Tensor W = W_in.contiguous(), x = x_in.contiguous();
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
   check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
-                W.size(0), W.size(1), stream()),
+                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap}),
         op);
   return y;
 }
 
-int64_t default_attention_splits(int64_t max_seq) {
-  return std::max<int64_t>(1, std::min<int64_t>(64, (max_seq + 255) / 256));
+int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {
+  // About 8 blocks per multiprocessor over B * Hkv * splits, at most 64 splits, and no more than a
+  // split per 16 positions of the cache. The kernel sizes each split from the current length, so
+  // the splits a short context does not need exit at once.
+  static const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t rows = std::max<int64_t>(1, B * Hkv);
+  const int64_t want = (8 * sms + rows - 1) / rows;
+  return std::clamp<int64_t>(want, 1, std::min<int64_t>(64, std::max<int64_t>(1, (max_seq + 15) / 16)));
 }
 
 torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
@@ -217,7 +225,9 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
   if (slot.numel() != B || len.numel() != B) throw Error("cuda decode_attention: slot and len must have B entries");
   c10::cuda::CUDAGuard guard(q_in.device());
   torch::Tensor q = q_in.contiguous();
-  if (num_splits <= 0) num_splits = default_attention_splits(S);
+  if (num_splits <= 0) num_splits = default_attention_splits(B, Hkv, S);
+  if (num_splits > 1024)
+    throw Error("cuda decode_attention: num_splits=" + std::to_string(num_splits) + " is over 1024", "pass 0 to choose from the batch");
   torch::Tensor s = int32_on(slot, op, "slot"), l = int32_on(len, op, "len");
   torch::Tensor ws = torch::empty({K::attention_workspace_bytes(B, H, D, num_splits)}, q.options().dtype(torch::kByte));
   torch::Tensor out = torch::empty_like(q);

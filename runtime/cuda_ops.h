@@ -22,11 +22,16 @@ torch::Tensor rope_qkv_to_cache(const torch::Tensor& qkv, const torch::Tensor& p
                                 const torch::Tensor& inv_freq, torch::Tensor& k_cache, torch::Tensor& v_cache,
                                 int64_t H, int64_t Hkv, int64_t D);
 torch::Tensor swiglu(const torch::Tensor& gate_up);  // (N, 2I) -> (N, I)
-torch::Tensor gemv(const torch::Tensor& W, const torch::Tensor& x);  // (N,K), (B<=8,K) -> (B,N)
-// q (B, H, D); slot, len (B,) int32. num_splits 0 = choose from max_seq.
+// (N,K), (B<=8,K) -> (B,N). loads: 16-byte loads of W in flight per lane (0 = plain loop, 2, 4, 8);
+// overlap: launch as a programmatic dependent of the previous kernel on the stream (Hopper+), so
+// W's first loads overlap that kernel (see kernels::GemvOptions).
+torch::Tensor gemv(const torch::Tensor& W, const torch::Tensor& x, int loads = 0, bool overlap = false);
+// q (B, H, D); slot, len (B,) int32. num_splits 0 = default_attention_splits(B, Hkv, max_seq).
 torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                                const torch::Tensor& slot, const torch::Tensor& len, int64_t num_splits = 0);
-int64_t default_attention_splits(int64_t max_seq);
+// Splits for B sequences over Hkv kv heads: enough blocks to fill the GPU (each split's length is
+// taken from the sequence's current length on the device, so this holds for any length).
+int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq);
 // logits (B,V); per-row settings on the device; counter is advanced in place. Returns (B,) int32.
 torch::Tensor sample(const torch::Tensor& logits, const torch::Tensor& temperature, const torch::Tensor& top_k,
                      const torch::Tensor& top_p, const torch::Tensor& seed, torch::Tensor& counter);

@@ -9,9 +9,12 @@
 //             fused chunked KD+CE loss; tokens/s, MFU, peak memory (whole step and the loss)
 // Timing: CUDA events after warm-up, median of repeats. Output: one JSON object per line.
 //   bench_gpu [ceilings] [kernels] [decode] [distill]     (default: all)
+//   bench_gpu decode-profile    two batch-1 decode steps (no graphs) between cudaProfilerStart/Stop,
+//                               for `ncu --profile-from-start off` (scripts/gpu/profile_decode.sh)
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_profiler_api.h>
 
 #include <algorithm>
 #include <chrono>
@@ -213,12 +216,21 @@ void decode() {
   const LlamaConfig cfg = llama_1b();
   Llama m = random_model(cfg, 1);
   const int64_t prompt = 128, steps = 128;
-  struct Variant { int64_t B; bool graphs, gemv; };
-  for (Variant v : {Variant{1, true, true}, Variant{1, true, false}, Variant{1, false, true}, Variant{32, true, true},
-                    Variant{32, false, true}}) {
+  struct Variant { int64_t B; bool graphs, gemv; int loads; bool overlap; };
+  const CudaBackendOptions dflt;
+  std::vector<Variant> variants = {{1, true, true, dflt.gemv_loads, dflt.overlap}};
+  for (int loads : {0, 2, 4, 8})  // the GEMV variants, with and without programmatic dependent launch
+    for (bool overlap : {false, true})
+      if (loads != dflt.gemv_loads || overlap != dflt.overlap) variants.push_back({1, true, true, loads, overlap});
+  for (Variant v : {Variant{1, true, false, 0, false}, Variant{1, false, true, dflt.gemv_loads, dflt.overlap},
+                    Variant{32, true, true, 0, false}, Variant{32, false, true, 0, false}})
+    variants.push_back(v);
+  for (Variant v : variants) {
     CudaBackendOptions opt;
     opt.graphs = v.graphs;
     opt.gemv = v.gemv;
+    opt.gemv_loads = v.loads;
+    opt.overlap = v.overlap;
     auto be = make_cuda_backend(m, opt);
     be->reserve(v.B, prompt + steps + 8);
     torch::manual_seed(2);
@@ -246,10 +258,32 @@ void decode() {
                             (prompt + steps / 2.0);
     const double bytes = double(be->weight_bytes_per_step()) + kv_bytes;
     emit({{"bench", "decode"}, {"model", "llama-3.2-1B shape, random bf16"}, {"batch", v.B}, {"graphs", v.graphs},
-          {"gemv", v.gemv}, {"prompt_len", prompt}, {"new_tokens", steps}, {"decode_tok_s", v.B * steps / t},
+          {"gemv", v.gemv}, {"gemv_loads", v.loads}, {"overlap", v.overlap}, {"prompt_len", prompt}, {"new_tokens", steps}, {"decode_tok_s", v.B * steps / t},
           {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / step_s / 1e9},
           {"frac_of_copy_bw", bytes / step_s / 1e9 / g_copy_gbs}});
   }
+}
+
+// Two batch-1 decode steps without graphs, between cudaProfilerStart and cudaProfilerStop: what a
+// profiler started with --profile-from-start off sees is one step's kernels, twice.
+void decode_profile() {
+  const LlamaConfig cfg = llama_1b();
+  Llama m = random_model(cfg, 1);
+  CudaBackendOptions opt;
+  opt.graphs = false;
+  auto be = make_cuda_backend(m, opt);
+  be->reserve(1, 512);
+  torch::manual_seed(2);
+  be->step(torch::randint(0, cfg.vocab_size, {1, 128}, torch::kLong), {0}, {0});
+  std::vector<DeviceSampling> smp(1);
+  be->decode_loop({1}, {0}, {128}, 4, smp);  // warm-up
+  torch::cuda::synchronize();
+  cudaProfilerStart();
+  be->decode_loop({1}, {0}, {132}, 2, smp);
+  torch::cuda::synchronize();
+  cudaProfilerStop();
+  emit({{"bench", "decode-profile"}, {"steps", 2}, {"model", "llama-3.2-1B shape, random bf16"},
+        {"weight_bytes_per_step", be->weight_bytes_per_step()}});
 }
 
 double gib(int64_t b) { return b / double(1ll << 30); }
@@ -340,6 +374,10 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   g_gpu = prop.name;
   try {
+    if (want.count("decode-profile")) {
+      decode_profile();
+      return 0;
+    }
     ceilings();  // every other figure is read against these
     if (on("kernels")) kernels();
     if (on("decode")) decode();

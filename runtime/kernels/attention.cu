@@ -4,6 +4,12 @@
 // groups of D/8 lanes each own one position at a time (16-byte loads, a 128/256-byte row per group,
 // coalesced), keep an online softmax per query head, and are merged through shared memory; a second
 // kernel merges the splits. Floor: the K and V bytes of the attended positions / HBM bandwidth.
+//
+// The chunk a split covers is computed on the device from the sequence's current length (not from
+// the cache's capacity), so a captured graph spreads a short context over as many blocks as a long
+// one: len 133 with 64 splits is 9 blocks per kv head of one 16-position step each, where chunks
+// of max_seq/S left one block per head walking all 133 positions. Each group loads the next
+// position's K/V row before using the current one, so two loads per lane are in flight.
 #include "runtime/kernels/common.cuh"
 
 namespace bonsai::kernels {
@@ -12,30 +18,39 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxG = 8;
 
-template <typename T, int D>
+// Positions per split for a sequence of L positions over S splits: a multiple of the block's
+// positions per step (gran), at least one step. Both kernels compute it the same way.
+__device__ __forceinline__ int split_chunk(int L, int S, int gran) {
+  const int c = (L + S - 1) / S;
+  return max(gran, (c + gran - 1) / gran * gran);
+}
+
+// GT: query heads per kv head rounded up to 1, 2, 4 or 8 (registers and shared memory scale with it).
+template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
                                                              const T* __restrict__ vc, const int32_t* __restrict__ slot,
                                                              const int32_t* __restrict__ len, float* part_acc,
                                                              float* part_ml, int H, int Hkv, int64_t max_seq,
-                                                             int chunk, int S, float scale) {
+                                                             int S, float scale) {
   constexpr int V = Vec<T>::N;
   constexpr int LPP = D / V;  // lanes per position
   constexpr int GROUPS = kThreads / LPP;
   static_assert(LPP <= 32 && 32 % LPP == 0, "a position's lanes must sit in one warp");
-  __shared__ float s_m[GROUPS][kMaxG], s_l[GROUPS][kMaxG];
-  __shared__ float s_acc[GROUPS][kMaxG][D];
+  __shared__ float s_m[GROUPS][GT], s_l[GROUPS][GT];
+  __shared__ float s_acc[GROUPS][GT][D];
 
   const int b = blockIdx.z, kvh = blockIdx.y, split = blockIdx.x;
   const int G = H / Hkv;
   const int L = len[b];
+  const int chunk = split_chunk(L, S, GROUPS);
   const int s0 = split * chunk;
   if (s0 >= L) return;  // the combine kernel reads only splits that hold positions
   const int s1 = min(s0 + chunk, L);
   const int grp = threadIdx.x / LPP, gl = threadIdx.x % LPP;
 
-  float qv[kMaxG][V];
+  float qv[GT][V];
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
+  for (int g = 0; g < GT; ++g) {
     if (g < G) {
       Vec<T> t;
       t.load(q + (static_cast<int64_t>(b) * H + kvh * G + g) * D + gl * V);
@@ -43,9 +58,9 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
       for (int i = 0; i < V; ++i) qv[g][i] = t.get(i) * scale;
     }
   }
-  float m[kMaxG], l[kMaxG], acc[kMaxG][V];
+  float m[GT], l[GT], acc[GT][V];
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
+  for (int g = 0; g < GT; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.f;
 #pragma unroll
@@ -54,19 +69,25 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
   const int64_t base = (static_cast<int64_t>(slot[b]) * Hkv + kvh) * max_seq * D + gl * V;
   // The trip count is the same for every thread of the block (the shuffles below need the whole
   // warp); a group whose position is past the chunk reads nothing and skips the update.
+  Vec<T> kv, vv;
+  kv.raw = make_uint4(0, 0, 0, 0);
+  vv.raw = kv.raw;
+  if (s0 + grp < s1) {
+    kv.load(kc + base + static_cast<int64_t>(s0 + grp) * D);
+    vv.load(vc + base + static_cast<int64_t>(s0 + grp) * D);
+  }
   for (int pb = s0; pb < s1; pb += GROUPS) {
     const int p = pb + grp;
     const bool live = p < s1;
-    Vec<T> kv, vv;
-    if (live) {
-      kv.load(kc + base + static_cast<int64_t>(p) * D);
-      vv.load(vc + base + static_cast<int64_t>(p) * D);
-    } else {
-      kv.raw = make_uint4(0, 0, 0, 0);
-      vv.raw = kv.raw;
+    Vec<T> kn, vn;  // the next step's row, in flight while this one is used
+    kn.raw = make_uint4(0, 0, 0, 0);
+    vn.raw = kn.raw;
+    if (p + GROUPS < s1) {
+      kn.load(kc + base + static_cast<int64_t>(p + GROUPS) * D);
+      vn.load(vc + base + static_cast<int64_t>(p + GROUPS) * D);
     }
 #pragma unroll
-    for (int g = 0; g < kMaxG; ++g) {
+    for (int g = 0; g < GT; ++g) {
       if (g < G) {
         float d = 0.f;
 #pragma unroll
@@ -82,9 +103,11 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
         m[g] = mn;
       }
     }
+    kv = kn;
+    vv = vn;
   }
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
+  for (int g = 0; g < GT; ++g) {
     if (g < G) {
       if (gl == 0) {
         s_m[grp][g] = m[g];
@@ -115,30 +138,53 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
   }
 }
 
+// One block per (sequence, query head): the splits' maxima and sums are staged in shared memory
+// (2 * num_splits floats), so only the D-wide partial outputs are read from global memory, and
+// those with independent loads.
 template <typename T>
 __global__ void attn_combine_kernel(const float* part_acc, const float* part_ml, const int32_t* len, T* out, int H,
-                                    int D, int chunk, int S) {
-  const int64_t h = blockIdx.x;  // b*H + head
+                                    int D, int gran, int S) {
+  pdl_trigger();  // the output projection (a dependent GEMV) may start loading its weights
+  extern __shared__ float s_ml[];  // [0, S): maxima, [S, 2S): sums
+  const int64_t h = blockIdx.x;    // b*H + head
   const int b = static_cast<int>(h / H);
-  const int ns = min(S, (len[b] + chunk - 1) / chunk);
+  const int L = len[b];
+  const int ns = L > 0 ? (L + split_chunk(L, S, gran) - 1) / split_chunk(L, S, gran) : 0;
+  for (int s = threadIdx.x; s < ns; s += blockDim.x) {
+    s_ml[s] = part_ml[(h * S + s) * 2];
+    s_ml[S + s] = part_ml[(h * S + s) * 2 + 1];
+  }
+  __syncthreads();
   float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, part_ml[(h * S + s) * 2]);
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, s_ml[s]);
   float Ls = 0.f;
-  for (int s = 0; s < ns; ++s) Ls += part_ml[(h * S + s) * 2 + 1] * __expf(part_ml[(h * S + s) * 2] - M);
+  for (int s = 0; s < ns; ++s) Ls += s_ml[S + s] * __expf(s_ml[s] - M);
+  const float inv = ns > 0 ? 1.f / Ls : 0.f;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float A = 0.f;
-    for (int s = 0; s < ns; ++s) A += part_acc[(h * S + s) * D + d] * __expf(part_ml[(h * S + s) * 2] - M);
-    out[h * D + d] = from_f<T>(ns > 0 ? A / Ls : 0.f);
+#pragma unroll 8
+    for (int s = 0; s < ns; ++s) A += part_acc[(h * S + s) * D + d] * __expf(s_ml[s] - M);
+    out[h * D + d] = from_f<T>(A * inv);
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int GT>
 void launch(const T* q, const T* kc, const T* vc, const int32_t* slot, const int32_t* len, T* out, float* acc,
             float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, cudaStream_t s) {
-  const int chunk = static_cast<int>((max_seq + S - 1) / S);
-  attn_split_kernel<T, D><<<dim3(S, Hkv, B), kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, chunk,
-                                                                S, scale);
-  attn_combine_kernel<T><<<B * H, D, 0, s>>>(acc, ml, len, out, H, D, chunk, S);
+  constexpr int gran = kThreads / (D / Vec<T>::N);  // positions per block step (GROUPS)
+  attn_split_kernel<T, D, GT><<<dim3(S, Hkv, B), kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, S,
+                                                                    scale);
+  attn_combine_kernel<T><<<B * H, D, 2 * S * sizeof(float), s>>>(acc, ml, len, out, H, D, gran, S);
+}
+
+template <typename T, int D>
+void launch_g(const T* q, const T* kc, const T* vc, const int32_t* slot, const int32_t* len, T* out, float* acc,
+              float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, cudaStream_t s) {
+  const int G = H / Hkv;
+  if (G <= 1) launch<T, D, 1>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
+  else if (G <= 2) launch<T, D, 2>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
+  else if (G <= 4) launch<T, D, 4>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
+  else launch<T, D, 8>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
 }
 
 }  // namespace
@@ -151,7 +197,7 @@ cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const 
                              const int32_t* len, void* out, void* workspace, int64_t B, int64_t H, int64_t Hkv,
                              int64_t D, int64_t max_seq, int64_t num_splits, float scale, cudaStream_t stream) {
   if (!q || !k_cache || !v_cache || !slot || !len || !out || !workspace || B <= 0 || Hkv <= 0 || H % Hkv != 0 ||
-      H / Hkv > kMaxG || num_splits <= 0 || num_splits > 65535 || max_seq <= 0 || B > 65535)
+      H / Hkv > kMaxG || num_splits <= 0 || num_splits > 1024 || max_seq <= 0 || B > 65535)
     return cudaErrorInvalidValue;
   if (D != 64 && D != 128) return cudaErrorInvalidValue;
   float* acc = static_cast<float*>(workspace);
@@ -162,8 +208,8 @@ cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const 
     auto* kp = static_cast<const scalar_t*>(k_cache);
     auto* vp = static_cast<const scalar_t*>(v_cache);
     auto* op = static_cast<scalar_t*>(out);
-    if (D == 64) launch<scalar_t, 64>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
-    else launch<scalar_t, 128>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
+    if (D == 64) launch_g<scalar_t, 64>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
+    else launch_g<scalar_t, 128>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
   });
   return launch_status();
 }

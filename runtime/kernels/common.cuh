@@ -70,6 +70,57 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 
 inline cudaError_t launch_status() { return cudaGetLastError(); }
 
+// Programmatic dependent launch (Hopper and later; no-ops elsewhere and in kernels launched without
+// the attribute). pdl_trigger(): this grid's dependents may start launching (their blocks run up to
+// their pdl_wait()). pdl_wait(): block until the grid this one depends on has completed and its
+// writes are visible. A kernel launched as a dependent reads nothing its predecessor writes, and
+// writes nothing, before pdl_wait().
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// A 16-byte load of data a predecessor grid writes, for use after pdl_wait(): the volatile asm keeps
+// it after the wait, and it reads through the coherent path. (ld.global.nc, which the compiler picks
+// for const __restrict__ pointers, assumes the data is constant for the kernel's whole lifetime; a
+// dependent grid is alive while its predecessor still writes, and such loads read stale values.)
+__device__ __forceinline__ uint4 ld_coherent(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...); with `dependent` on a device of compute
+// capability 9.0 or later, as a programmatic dependent of the previous kernel on the stream (it may
+// start before that one ends; it must pdl_wait() before touching what that one writes).
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          bool dependent, A&&... args) {
+  int dev = 0, major = 0;
+  if (dependent && cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...);
+  }
+  kernel<<<grid, block, smem, stream>>>(static_cast<P>(args)...);
+  return cudaGetLastError();
+}
+
 // Dispatch on the dtype: F(type_tag) is called with a value of the element type.
 #define BONSAI_DISPATCH(t, ...)                                   \
   switch (t) {                                                    \

@@ -20,6 +20,7 @@ namespace {
 template <typename T, bool kVec>
 __global__ void add_rmsnorm_kernel(T* x, int64_t xs, const T* res, int64_t rs, const T* w, T* out, int64_t os,
                                    int64_t cols, float eps) {
+  pdl_trigger();  // a dependent GEMV (the next projection) may start loading its weights
   __shared__ float sh[32];
   const int64_t row = blockIdx.x;
   T* xr = x + row * xs;
@@ -68,7 +69,8 @@ __global__ void add_rmsnorm_kernel(T* x, int64_t xs, const T* res, int64_t rs, c
   }
 }
 
-// One block per token; threads stride over (H + Hkv) rotary pairs of q/k and Hkv*D values of v.
+// Grid (tokens, items / block): one thread per item of a token, the (H + Hkv) * D/2 rotary pairs
+// of q/k then the Hkv*D values of v (a Llama-3.2-1B decode token spreads over 14 blocks, not one).
 template <typename T>
 __global__ void rope_qkv_kernel(const T* qkv, int64_t qs, const int32_t* pos, const int32_t* slot, const float* inv_freq,
                                 T* q_out, T* kc, T* vc, int H, int Hkv, int D, int64_t max_seq) {
@@ -78,7 +80,8 @@ __global__ void rope_qkv_kernel(const T* qkv, int64_t qs, const int32_t* pos, co
   const int64_t s = slot[tok];
   const int half = D / 2;
   const int pairs = (H + Hkv) * half;
-  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
+  if (i < pairs) {
     const int head = i / half, d = i % half;
     // cos/sin in fp32 from fp32 angles, then rounded to T (transformers casts cos/sin to the dtype).
     float sn, cs;
@@ -98,16 +101,15 @@ __global__ void rope_qkv_kernel(const T* qkv, int64_t qs, const int32_t* pos, co
     }
     dst[d] = from_f<T>(o1);
     dst[d + half] = from_f<T>(o2);
-  }
-  const T* vin = in + (H + Hkv) * D;
-  for (int i = threadIdx.x; i < Hkv * D; i += blockDim.x) {
-    const int head = i / D, d = i % D;
-    vc[((s * Hkv + head) * max_seq + p) * D + d] = vin[i];
+  } else if (i - pairs < Hkv * D) {
+    const int j = i - pairs, head = j / D, d = j % D;
+    vc[((s * Hkv + head) * max_seq + p) * D + d] = in[(H + Hkv) * D + j];
   }
 }
 
 template <typename T, bool kVec>
 __global__ void swiglu_kernel(const T* in, int64_t is, T* out, int64_t os, int64_t I) {
+  pdl_trigger();  // the down projection (a dependent GEMV) may start loading its weights
   const int64_t row = blockIdx.y;
   const T* g = in + row * is;
   const T* u = g + I;
@@ -164,9 +166,12 @@ cudaError_t rope_qkv_to_cache(DType t, const void* qkv, int64_t qkv_stride, cons
       D <= 0 || D % 2 != 0 || max_seq <= 0)
     return cudaErrorInvalidValue;
   if (ntok == 0) return cudaSuccess;
-  const int threads = static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(64, (H + Hkv) * D / 2)));
+  const int threads = 128;
+  const int64_t items = (H + Hkv) * D / 2 + Hkv * D;
+  if (ntok > 2147483647 || (items + threads - 1) / threads > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(ntok), static_cast<unsigned>((items + threads - 1) / threads));
   BONSAI_DISPATCH(t, {
-    rope_qkv_kernel<scalar_t><<<ntok, threads, 0, stream>>>(
+    rope_qkv_kernel<scalar_t><<<grid, threads, 0, stream>>>(
         static_cast<const scalar_t*>(qkv), qkv_stride, pos, slot, inv_freq, static_cast<scalar_t*>(q_out),
         static_cast<scalar_t*>(k_cache), static_cast<scalar_t*>(v_cache), static_cast<int>(H), static_cast<int>(Hkv),
         static_cast<int>(D), max_seq);

@@ -38,15 +38,26 @@ cudaError_t swiglu(DType t, const void* gate_up, int64_t in_stride, void* out, i
                    int64_t I, cudaStream_t stream);
 
 // y (B, N) = x (B, K) @ W (N, K)^T for small B (1..8): one pass over W with 16-byte loads, fp32
-// accumulation. K must be a multiple of 8 (16-byte rows).
+// accumulation. K must be a multiple of 16 bytes of elements.
+struct GemvOptions {
+  // 16-byte loads of W each lane issues before using any: 2, 4 or 8; 0 is a plain loop the
+  // compiler unrolls (4).
+  int loads = 0;
+  // Launch as a programmatic dependent of the previous kernel on the stream (compute capability
+  // 9.0+, else ignored): the first loads of W are issued before waiting for that kernel, which
+  // writes x, so the weight reads and the launch overlap its tail. The previous kernel should call
+  // pdl_trigger() early (add_rmsnorm, swiglu and the attention combine do).
+  bool overlap = false;
+};
 cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, int64_t B,
-                 int64_t N, int64_t K, cudaStream_t stream);
+                 int64_t N, int64_t K, cudaStream_t stream, const GemvOptions& opt = {});
 
 // Decode attention: one new query per sequence over its cached positions [0, len[b]) (GQA,
 // split-K "flash-decoding"). q (B, H, D); caches (slots, Hkv, max_seq, D); out (B, H, D).
-// `workspace` must hold attention_workspace_bytes(B, H, D, num_splits) bytes. Positions are split
-// into `num_splits` chunks of ceil(max_seq / num_splits); chunks past a sequence's length exit at
-// once, so the launch shape is fixed for any lengths (CUDA-graph friendly). D in {64, 128}.
+// `workspace` must hold attention_workspace_bytes(B, H, D, num_splits) bytes. A sequence's len
+// positions are split into at most `num_splits` (1..1024) chunks, sized on the device from len;
+// splits past the last chunk exit at once, so the launch shape is fixed for any lengths
+// (CUDA-graph friendly). D in {64, 128}; H / Hkv <= 8.
 int64_t attention_workspace_bytes(int64_t B, int64_t H, int64_t D, int64_t num_splits);
 cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const void* v_cache, const int32_t* slot,
                              const int32_t* len, void* out, void* workspace, int64_t B, int64_t H, int64_t Hkv,

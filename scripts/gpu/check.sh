@@ -4,7 +4,7 @@
 # CUDA on) and carried in .gpu/ by scripts/gpu/bundle.sh; nothing is compiled on the GPU machine.
 #   device run:  bash scripts/gpu/check.sh         (carry: .gpu)
 # Writes under $OUT (default ./gpu-out): gpu.txt, tests.log, tests.json, bench.jsonl, peers.jsonl,
-# sanitizer.log, summary.md; prints the summary table last.
+# sanitizer.log, summary.md; prints the summary table last. SKIP_BENCH=1: tests and the training run only.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -27,15 +27,15 @@ grep -E '^\[  (FAILED|PASSED|SKIPPED) |^\[==========\]' "$OUT/tests.log" | tail 
 grep -B2 -A8 'Failure' "$OUT/tests.log" | head -80
 
 echo "== bench (ours)"
-timeout ${T_BENCH:-240} $run bench_gpu >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
+[ "${SKIP_BENCH:-0}" = 1 ] && { echo "skipped (SKIP_BENCH=1)"; : >"$OUT/bench.jsonl"; } || timeout ${T_BENCH:-240} $run bench_gpu >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
 echo "bench rc=$?"; tail -5 "$OUT/bench.err"
 
 echo "== peers (transformers / plain PyTorch)"
 : >"$OUT/peers.jsonl"
-timeout ${T_PEER_DECODE:-150} python3 scripts/gpu/peer_decode.py --batch 1 32 --prompt-len 128 --new-tokens ${NEW_TOKENS:-128} --modes eager static \
+[ "${SKIP_BENCH:-0}" = 1 ] || timeout ${T_PEER_DECODE:-150} python3 scripts/gpu/peer_decode.py --batch 1 32 --prompt-len 128 --new-tokens ${NEW_TOKENS:-128} --modes eager static \
   --json "$OUT/peers.jsonl" >/dev/null 2>"$OUT/peers.err"
 echo "peer_decode rc=$?"
-timeout ${T_PEER_DISTILL:-120} python3 scripts/gpu/peer_distill.py --seq 2048 --batch 1 --peak-tflops 989 --json "$OUT/peers.jsonl" \
+[ "${SKIP_BENCH:-0}" = 1 ] || timeout ${T_PEER_DISTILL:-120} python3 scripts/gpu/peer_distill.py --seq 2048 --batch 1 --peak-tflops 989 --json "$OUT/peers.jsonl" \
   >/dev/null 2>>"$OUT/peers.err"
 echo "peer_distill rc=$?"; tail -3 "$OUT/peers.err"
 
