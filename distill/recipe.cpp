@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 
 #include "core/error.h"
 #include "core/process.h"
@@ -207,6 +209,81 @@ std::map<std::string, double> validate_model(Llama& student, std::vector<Teacher
   return {{"loss", loss / n}, {"ce", ce / n}, {"ppl", std::exp(ce / n)}};
 }
 
+// Rebuilds this rank's Adam state from ZeRO optimizer shards saved by `old_world` ranks (another
+// world size; same parameters, same flattening). Every old shard whose elements overlap this rank's
+// is loaded into an optimizer of the old rank's layout, and the overlapping elements of its moments
+// are copied into this rank's pieces. Returns the number of old shard files read.
+int64_t load_zero_resharded(const ZeroShards& shards, torch::optim::AdamW& opt, Llama& student, const TrainConfig& tc,
+                            int64_t old_world, const std::function<std::string(int64_t)>& file_of) {
+  auto named = student->named_parameters();
+  const auto& mine = shards.pieces();
+  struct Moments {
+    torch::Tensor m, v;
+    int64_t step = 0;
+  };
+  std::vector<Moments> got(mine.size());
+  int64_t files = 0;
+  torch::NoGradGuard ng;
+  for (int64_t r = 0; r < old_world; ++r) {
+    const auto old = shards.layout(old_world, r);
+    auto overlap = [](int64_t a0, int64_t an, int64_t b0, int64_t bn) {
+      return std::make_pair(std::max(a0, b0), std::min(a0 + an, b0 + bn));
+    };
+    bool needed = false;
+    for (const auto& o : old)
+      for (const auto& p : mine) {
+        const auto [lo, hi] = overlap(o.offset, o.numel, p.offset, p.numel);
+        needed = needed || (o.param == p.param && lo < hi);
+      }
+    if (!needed) continue;
+    const std::string f = file_of(r);
+    if (!std::filesystem::exists(f))
+      throw Error("resume: no ZeRO optimizer shard '" + f + "' (rank " + std::to_string(r) + " of the " +
+                      std::to_string(old_world) + " that saved the checkpoint)",
+                  "every rank's shard of the step is needed; was the checkpoints/zero folder copied completely?");
+    std::vector<torch::Tensor> keep;
+    std::vector<OptTensor> layout;
+    for (const auto& o : old) {
+      const torch::Tensor& full = named[o.param].value();
+      keep.push_back(torch::zeros({o.numel}, full.options()));
+      layout.push_back({named[o.param].key(), keep.back(), full.dim()});
+    }
+    auto old_opt = make_adamw(layout, tc);
+    try {
+      torch::load(*old_opt, f);
+    } catch (const c10::Error& e) {
+      throw Error("resume: cannot read ZeRO optimizer shard '" + f + "' as rank " + std::to_string(r) + " of " +
+                      std::to_string(old_world) + ": " + e.what_without_backtrace(),
+                  "the shard must come from this run's model and dist.zero checkpoint");
+    }
+    ++files;
+    for (size_t i = 0; i < old.size(); ++i) {
+      auto it = old_opt->state().find(keep[i].unsafeGetTensorImpl());
+      if (it == old_opt->state().end()) continue;  // no state yet: nothing to carry
+      const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+      for (size_t j = 0; j < mine.size(); ++j) {
+        if (mine[j].param != old[i].param) continue;
+        const auto [lo, hi] = overlap(old[i].offset, old[i].numel, mine[j].offset, mine[j].numel);
+        if (lo >= hi) continue;
+        Moments& g = got[j];
+        if (!g.m.defined()) g.m = torch::zeros_like(mine[j].value), g.v = torch::zeros_like(mine[j].value);
+        g.m.narrow(0, lo - mine[j].offset, hi - lo).copy_(s.exp_avg().narrow(0, lo - old[i].offset, hi - lo));
+        g.v.narrow(0, lo - mine[j].offset, hi - lo).copy_(s.exp_avg_sq().narrow(0, lo - old[i].offset, hi - lo));
+        g.step = std::max(g.step, s.step());
+      }
+    }
+  }
+  for (size_t j = 0; j < mine.size(); ++j) {
+    if (!got[j].m.defined()) continue;
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(got[j].step);
+    st->exp_avg(got[j].m);
+    st->exp_avg_sq(got[j].v);
+    opt.state()[mine[j].value.unsafeGetTensorImpl()] = std::move(st);
+  }
+  return files;
+}
+
 }  // namespace
 
 void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
@@ -315,32 +392,54 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     opt = make_adamw(*student, c.train);
   }
   // ZeRO optimizer shards: checkpoints/zero/step-N.rank-R.pt, written by every rank before rank 0
-  // writes step-N, so a complete step-N always has its shards (resuming needs the same world size;
-  // stages 1 and 2 share the layout).
-  auto zero_file = [&](int64_t step) {
-    return c.output + "/checkpoints/zero/step-" + std::to_string(step) + ".rank-" + std::to_string(env.rank) + ".pt";
+  // writes step-N, so a complete step-N always has its shards. Stages 1 and 2 share the layout; a
+  // run resumed with another world size reshards them (load_zero_resharded).
+  auto zero_file_of = [&](int64_t step, int64_t rank) {
+    return c.output + "/checkpoints/zero/step-" + std::to_string(step) + ".rank-" + std::to_string(rank) + ".pt";
   };
+  auto zero_file = [&](int64_t step) { return zero_file_of(step, env.rank); };
+  std::string resumed_note;
   TrainState st;
   if (c.resume) {
     auto ck = latest_checkpoint(c.output);
     if (!ck) throw Error("resume: no checkpoint in '" + c.output + "/checkpoints'", "run without resume=true first");
-    st = load_train_checkpoint(*ck, student, *opt, /*load_optimizer=*/!shards);
-    if (shards) {
-      const std::string f = zero_file(st.step);
-      const int64_t saved_w = st.extra.value("world_size", int64_t{-1});
-      if (saved_w != env.world_size)
-        throw Error("resume: checkpoint '" + *ck + "' was saved by " + std::to_string(saved_w) + " rank(s), this run has " +
-                    std::to_string(env.world_size), "ZeRO optimizer shards need the world size the run was saved with");
-      if (!std::filesystem::exists(f))
-        throw Error("resume: no ZeRO optimizer shard '" + f + "'", "resume with the world size and dist.zero the run was saved with");
-      torch::load(*opt, f);
+    // How the checkpoint was saved (ranks, ZeRO), checked before any state is loaded.
+    nlohmann::json saved;
+    {
+      std::ifstream in(*ck + "/trainer_state.json");
+      saved = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
     }
+    const nlohmann::json saved_extra = saved.is_object() ? saved.value("extra", nlohmann::json::object()) : nlohmann::json::object();
+    const int64_t saved_w = saved_extra.value("world_size", int64_t{1});
+    const int64_t saved_zero = saved_extra.value("zero", int64_t{0});
+    if (shards && saved_zero == 0)
+      throw Error("resume: checkpoint '" + *ck + "' was saved without dist.zero, this run has dist.zero=" + std::to_string(c.zero),
+                  "resume with the dist.zero the run was saved with");
+    if (!shards && saved_zero > 0)
+      throw Error("resume: checkpoint '" + *ck + "' holds ZeRO optimizer shards (dist.zero=" + std::to_string(saved_zero) +
+                      "), this run has none",
+                  "resume with dist.zero=1 or 2 under a launcher (scripts/launch_local.sh N, torchrun or SLURM; any N)");
+    st = load_train_checkpoint(*ck, student, *opt, /*load_optimizer=*/!shards);
+    if (shards && saved_w == env.world_size) {
+      const std::string f = zero_file(st.step);
+      if (!std::filesystem::exists(f))
+        throw Error("resume: no ZeRO optimizer shard '" + f + "'", "was the checkpoints/zero folder copied completely?");
+      torch::load(*opt, f);
+    } else if (shards) {
+      const int64_t n = load_zero_resharded(*shards, *opt, student, c.train, saved_w,
+                                            [&](int64_t r) { return zero_file_of(st.step, r); });
+      resumed_note = "ZeRO optimizer state resharded from " + std::to_string(saved_w) + " to " +
+                     std::to_string(env.world_size) + " rank(s) (" + std::to_string(n) + " old shard(s) read by rank 0)";
+    }
+    if (saved_w != env.world_size && resumed_note.empty())
+      resumed_note = "resumed with " + std::to_string(env.world_size) + " rank(s); the checkpoint was saved by " + std::to_string(saved_w);
     loader.restore(LoaderState::from_json(st.loader_state, *ck + "/trainer_state.json"));
   }
   MetricsLogger log(c.output, /*enabled=*/rank0, /*append=*/c.resume);
   log.message("distill: student " + c.student + " (" + std::to_string(student->config().num_parameters() / 1000000) +
               "M params) on " + device.str() + ", " + std::to_string(teachers.size()) + " teacher(s), " + std::to_string(env.world_size) +
               " rank(s) (" + env.source + "), from step " + std::to_string(st.step));
+  if (!resumed_note.empty()) log.message(resumed_note);
   auto params = student->parameters();
   // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
   auto save = [&] {

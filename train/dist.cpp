@@ -243,6 +243,15 @@ void ZeroShards::for_segments(int64_t begin, int64_t end, F&& f) const {
   }
 }
 
+std::vector<ZeroShards::Segment> ZeroShards::layout(int64_t world, int64_t rank) const {
+  if (world < 1 || rank < 0 || rank >= world)
+    throw Error("ZeRO layout: rank " + std::to_string(rank) + " of " + std::to_string(world) + " ranks");
+  const int64_t shard = (total_ + world - 1) / world, begin = rank * shard;
+  std::vector<Segment> out;
+  for_segments(begin, begin + shard, [&](size_t i, int64_t off, int64_t, int64_t n) { out.push_back({i, off, n}); });
+  return out;
+}
+
 void ZeroShards::reduce_gradients() {
   torch::NoGradGuard ng;
   has_grad_.assign(params_.size(), false);

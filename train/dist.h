@@ -100,6 +100,14 @@ class ZeroShards {
   void release_gradients();
   // Bytes of gradient this rank holds now: the parameters' .grad plus the shard buffer.
   int64_t gradient_bytes() const;
+  // The parameter segments rank `rank` of a `world`-rank run owns under the same flattening (this
+  // run's pieces are layout(world_size, rank)): for resharding optimizer state saved with another
+  // world size.
+  struct Segment {
+    size_t param;
+    int64_t offset, numel;
+  };
+  std::vector<Segment> layout(int64_t world, int64_t rank) const;
 
  private:
   // Calls f(param index, element offset in the param, offset in [begin, end), count) for every
