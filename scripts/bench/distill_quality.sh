@@ -9,9 +9,10 @@
 # and the held-out perplexity of each (plus the teacher's and the pruned student's before training).
 #
 # Data (all read in place from ../shared/data; splits are written under OUT, never into the repo):
-#   train:    C4 demo documents 1-270, Pride and Prejudice, WikiText-2 *valid*
+#   train:    C4 demo documents 1-270, Pride and Prejudice (+ WikiText-2 *valid* with TRAIN_WIKITEXT=1)
 #   held out: C4 demo documents 271-300; WikiText-2 *test* and Tiny Shakespeare (the first EVAL_TOKENS
-#             tokens of each; Shakespeare is out of the training domain, WikiText-2's tokenized form is in it)
+#             tokens of each; Shakespeare is out of the training domain; WikiText-2's tokenized form,
+#             " @-@ " and "<unk>", is in it only with TRAIN_WIKITEXT=1)
 # Pruning calibrates on the training C4 documents only.
 #
 #   scripts/bench/distill_quality.sh [OUT_DIR]        (default runs/bench-distill-quality)
@@ -19,6 +20,8 @@
 #             of run (a) on the idle 2-core CI machine at the ~205 tokens/s measured for its first
 #             steps; the same budget for (b) and (c))
 #   RUNS="a b c"  which runs; EVAL_TOKENS (default 16384; perplexity over windows of 512 tokens, no overlap)
+#   TRAIN_WIKITEXT=1  also train on WikiText-2 valid (the 2026-11-27 setting; default 0 since 2026-12-05:
+#             with it, the CE student learns the tokenized form of the WikiText-2 test set from labels)
 # The step count, not a clock, fixes the budget: the three runs see the same tokens in the same order
 # whatever else the machine is doing. Prints a markdown table; every number is also in OUT/*.json.
 set -euo pipefail
@@ -31,6 +34,7 @@ DISTILL=${DISTILL:-$ROOT/build/distill}
 STEPS=${STEPS:-180}
 RUNS=${RUNS:-a b c}
 EVAL_TOKENS=${EVAL_TOKENS:-16384}
+TRAIN_WIKITEXT=${TRAIN_WIKITEXT:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$OUT/src"
 log() { printf '[%s] %s\n' "$(date -u +%T)" "$*" >&2; }
@@ -48,8 +52,13 @@ pack() {  # pack NAME SOURCE... (each "PATH FORMAT")
   [ -f "$OUT/$name/index.json" ] || "$BONSAI" data pack --config "$OUT/src/$name.yaml" >&2
 }
 [ -f "$OUT/teacher/config.json" ] || "$BONSAI" export --model smollm2-135m-instruct --dtype f32 --output "$OUT/teacher" >&2
-pack train "$OUT/src/c4_train.jsonl jsonl" "$SHARED/text/pride_and_prejudice.txt text" \
-  "$SHARED/text/wikitext-2.tokens.valid.txt text"
+train_src=("$OUT/src/c4_train.jsonl jsonl" "$SHARED/text/pride_and_prejudice.txt text")
+[ "$TRAIN_WIKITEXT" = 1 ] && train_src+=("$SHARED/text/wikitext-2.tokens.valid.txt text")
+# The pack remembers its sources: a folder packed with the other TRAIN_WIKITEXT setting is repacked.
+want_src=$(printf '%s;' "${train_src[@]}")
+[ -f "$OUT/train/index.json" ] && [ "$(cat "$OUT/src/train.sources" 2>/dev/null)" != "$want_src" ] && rm -rf "$OUT/train"
+pack train "${train_src[@]}"
+printf '%s' "$want_src" > "$OUT/src/train.sources"
 pack c4_train "$OUT/src/c4_train.jsonl jsonl"
 pack c4_heldout "$OUT/src/c4_heldout.jsonl jsonl"
 
