@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -250,7 +251,8 @@ int64_t load_zero_resharded(const ZeroShards& shards, torch::optim::AdamW& opt, 
     }
     auto old_opt = make_adamw(layout, tc);
     try {
-      torch::load(*old_opt, f);
+      // Onto this rank's device: the file holds the old rank's (cuda:<its local rank> on GPUs).
+      torch::load(*old_opt, f, named[old.front().param].value().device());
     } catch (const c10::Error& e) {
       throw Error("resume: cannot read ZeRO optimizer shard '" + f + "' as rank " + std::to_string(r) + " of " +
                       std::to_string(old_world) + ": " + e.what_without_backtrace(),
@@ -312,6 +314,9 @@ void DistillConfig::register_keys(ConfigSchema& s, bool with_teachers) {
   s.add_choice("save_dtype", &save_dtype, {"f32", "bf16", "f16"}, "dtype of the final student checkpoint");
   s.add("dist.zero", &zero, "0: every rank holds the whole optimizer state; 1: each holds 1/world of it (ZeRO-1); "
         "2: and only 1/world of the averaged gradient, reduce-scattered (ZeRO-2)");
+  s.add("dist.overlap", &dist_overlap, "average gradient buckets while backward still runs (plain data parallelism "
+        "and ZeRO-1; ZeRO-2 reduce-scatters after backward)");
+  s.add("dist.bucket_mb", &dist_bucket_mb, "MiB of gradient per collective (torch DDP's bucket_cap_mb)");
   s.add("dist.timeout_s", &dist_timeout_s, "seconds a collective may wait before the run fails (a rank died or hangs)");
   s.require("student.model", "give the student: student.model=PATH");
   s.require("data.train", "give training data: data.train=[DIR] (from bonsai data pack)");
@@ -331,6 +336,8 @@ void DistillConfig::validate(bool with_teachers) const {
     throw Error("key 'teacher.weights' has " + std::to_string(teacher_weights.size()) + " entries for " +
                 std::to_string(teachers.size()) + " teachers");
   if (zero < 0 || zero > 2) throw Error("key 'dist.zero' must be 0, 1 or 2, got " + std::to_string(zero));
+  if (!(dist_bucket_mb > 0) || dist_bucket_mb > 4096)
+    throw Error("key 'dist.bucket_mb' must be in (0, 4096], got " + std::to_string(dist_bucket_mb), "25 is torch DDP's default");
   if (train.eval_every > 0 && val_data.empty())
     throw Error("key 'train.eval_every' is set but 'data.val' is empty", "give validation data or set train.eval_every=0");
 }
@@ -379,11 +386,12 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   // keeps only its shard of the averaged gradient. One process: nothing to shard.
   std::unique_ptr<ZeroShards> shards;
   std::unique_ptr<torch::optim::AdamW> opt;
+  const int64_t bucket_bytes = std::max<int64_t>(1, static_cast<int64_t>(c.dist_bucket_mb * (1 << 20)));
   if (dp && c.zero > 0) {
     auto named = student->named_parameters();
     std::vector<torch::Tensor> ps;
     for (const auto& p : named) ps.push_back(p.value());
-    shards = std::make_unique<ZeroShards>(*dp, ps, static_cast<int>(c.zero));
+    shards = std::make_unique<ZeroShards>(*dp, ps, static_cast<int>(c.zero), bucket_bytes);
     std::vector<OptTensor> mine;
     for (const auto& pc : shards->pieces())
       mine.push_back({named[pc.param].key(), pc.value, named[pc.param].value().dim()});
@@ -406,10 +414,14 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     // How the checkpoint was saved (ranks, ZeRO), checked before any state is loaded.
     nlohmann::json saved;
     {
-      std::ifstream in(*ck + "/trainer_state.json");
+      const std::string state_file = *ck + "/trainer_state.json";
+      std::ifstream in(state_file);
       saved = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (!in.is_open() || saved.is_discarded() || !saved.is_object())
+        throw Error("resume: cannot read '" + state_file + "' as JSON (missing or damaged)",
+                    "point --resume at an intact checkpoint, or remove checkpoints/latest to start over");
     }
-    const nlohmann::json saved_extra = saved.is_object() ? saved.value("extra", nlohmann::json::object()) : nlohmann::json::object();
+    const nlohmann::json saved_extra = saved.value("extra", nlohmann::json::object());
     const int64_t saved_w = saved_extra.value("world_size", int64_t{1});
     const int64_t saved_zero = saved_extra.value("zero", int64_t{0});
     if (shards && saved_zero == 0)
@@ -424,7 +436,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
       const std::string f = zero_file(st.step);
       if (!std::filesystem::exists(f))
         throw Error("resume: no ZeRO optimizer shard '" + f + "'", "was the checkpoints/zero folder copied completely?");
-      torch::load(*opt, f);
+      torch::load(*opt, f, device);  // this rank's device, whichever device saved it
     } else if (shards) {
       const int64_t n = load_zero_resharded(*shards, *opt, student, c.train, saved_w,
                                             [&](int64_t r) { return zero_file_of(st.step, r); });
@@ -441,6 +453,14 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
               " rank(s) (" + env.source + "), from step " + std::to_string(st.step));
   if (!resumed_note.empty()) log.message(resumed_note);
   auto params = student->parameters();
+  // Gradient buckets all-reduced during the last backward pass of each step (not ZeRO-2, whose
+  // reduce-scatter runs after backward; train/dist.h).
+  std::unique_ptr<GradientReducer> reducer;
+  if (dp && c.dist_overlap && c.zero != 2) {
+    reducer = std::make_unique<GradientReducer>(*dp, params, bucket_bytes);
+    log.message("gradient averaging overlapped with backward: " + std::to_string(reducer->buckets()) + " bucket(s) of <= " +
+                [&] { char b[32]; std::snprintf(b, sizeof b, "%g", c.dist_bucket_mb); return std::string(b); }() + " MiB");
+  }
   // Rank 0 writes (the loader state counts all ranks' samples); the others wait for it.
   auto save = [&] {
     std::string where = c.output + "/checkpoints";
@@ -462,6 +482,7 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
   };
 
   // ---- loop
+  const int64_t st0 = st.step;
   while (st.step < c.train.max_steps) {
     maybe_inject_fault(env, st.step + 1);
     auto t0 = Clock::now();
@@ -470,13 +491,18 @@ int run_distill(const DistillConfig& c, const std::string& resolved_yaml) {
     for (int64_t m = 0; m < c.train.grad_accum; ++m) {
       auto b = loader.next();
       if (!b) throw Error("training data ran out at step " + std::to_string(st.step), "set fewer train.max_steps");
+      if (reducer && m + 1 == c.train.grad_accum) reducer->arm();  // the last backward pass of the step
       auto r = micro_step(student, teachers, offline, *b, c, true);
       sum.loss += r.loss / c.train.grad_accum, sum.kd += r.kd / c.train.grad_accum, sum.ce += r.ce / c.train.grad_accum;
       sum.tokens += b->B * b->T;
     }
     if (dp) {
-      if (shards) shards->reduce_gradients();
-      else dp->average_gradients(params);
+      if (reducer) reducer->finish();
+      if (shards) shards->reduce_gradients(/*averaged=*/reducer != nullptr);
+      else if (!reducer) dp->average_gradients(params, bucket_bytes);
+      if (reducer && st.step == st0)
+        log.message("step " + std::to_string(st.step + 1) + ": " + std::to_string(reducer->started_during_backward()) + " of " +
+                    std::to_string(reducer->buckets()) + " gradient bucket(s) started before backward returned");
       auto m = dp->mean({sum.loss, sum.kd, sum.ce});
       sum.loss = m[0], sum.kd = m[1], sum.ce = m[2];
       sum.tokens *= env.world_size;

@@ -30,6 +30,8 @@ struct DistillConfig {
   std::string save_dtype = "f32";        // dtype of the final student checkpoint (output/student)
   int64_t dist_timeout_s = 600;          // a collective waiting longer fails the run (dead/hung rank)
   int64_t zero = 0;                      // 1: shard the Adam state (ZeRO-1); 2: also the averaged gradient (ZeRO-2)
+  bool dist_overlap = true;              // all-reduce gradient buckets while backward runs (plain DP, ZeRO-1)
+  double dist_bucket_mb = 25;            // gradient bucket size (MiB), as torch DDP's bucket_cap_mb
 
   void register_keys(ConfigSchema& s, bool with_teachers);
   void validate(bool with_teachers) const;

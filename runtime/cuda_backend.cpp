@@ -34,6 +34,11 @@ class CudaBackendImpl : public CudaBackend {
  public:
   CudaBackendImpl(Llama model, const CudaBackendOptions& opt) : cfg_(model->config()), opt_(opt) {
     if (!cuda::available()) throw Error("the CUDA backend needs a CUDA device, and none is visible", "use the CPU backend");
+    if (opt.attention_splits < 0 || opt.attention_splits > 1024)
+      throw Error("CUDA backend: attention_splits=" + std::to_string(opt.attention_splits) + " is outside 0..1024",
+                  "0 chooses from the batch");
+    if (opt.gemv_loads != 0 && opt.gemv_loads != 2 && opt.gemv_loads != 4 && opt.gemv_loads != 8)
+      throw Error("CUDA backend: gemv_loads=" + std::to_string(opt.gemv_loads) + " is not one of 0, 2, 4, 8");
     dev_ = torch::Device(torch::kCUDA, opt.device);
     c10::cuda::CUDAGuard guard(dev_);
     auto to = [&](const Tensor& t) { return t.detach().to(dev_, opt.dtype).contiguous(); };

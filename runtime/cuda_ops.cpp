@@ -191,7 +191,9 @@ torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loa
   torch::Tensor W = W_in.contiguous(), x = x_in.contiguous();
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
   check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
-                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap}),
+                W.size(0), W.size(1), stream(),
+                // W is read before the wait: a W that contiguous() just copied must not overlap its copy
+                K::GemvOptions{loads, overlap && W_in.is_contiguous()}),
         op);
   return y;
 }
@@ -200,7 +202,7 @@ int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {
   // About 8 blocks per multiprocessor over B * Hkv * splits, at most 64 splits, and no more than a
   // split per 16 positions of the cache. The kernel sizes each split from the current length, so
   // the splits a short context does not need exit at once.
-  static const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;  // cached by ATen per device
   const int64_t rows = std::max<int64_t>(1, B * Hkv);
   const int64_t want = (8 * sms + rows - 1) / rows;
   return std::clamp<int64_t>(want, 1, std::min<int64_t>(64, std::max<int64_t>(1, (max_seq + 15) / 16)));

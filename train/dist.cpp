@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
+#include <functional>
 
 #include "core/error.h"
 
@@ -122,7 +124,17 @@ DataParallel::DataParallel(const DistEnv& env, torch::Device device, std::chrono
   }
 }
 
-DataParallel::~DataParallel() = default;
+DataParallel::~DataParallel() {
+  // NCCL wants an explicit end (else "destroy_process_group() was not called" at exit): a normal
+  // exit shuts the communicators down; unwinding from an error (a peer may be dead, a collective
+  // may never finish) aborts them instead of waiting.
+  if (!impl_ || !impl_->pg) return;
+  try {
+    if (std::uncaught_exceptions() > 0) impl_->pg->abort();
+    else impl_->pg->shutdown();
+  } catch (...) {
+  }
+}
 
 void DataParallel::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {
   torch::NoGradGuard ng;
@@ -166,6 +178,148 @@ void DataParallel::average_gradients(const std::vector<torch::Tensor>& params, i
     if (bytes >= bucket_bytes) flush();
   }
   flush();
+}
+
+namespace {
+class PendingWork : public DataParallel::Pending {
+ public:
+  PendingWork(const DistEnv& env, std::string what, c10::intrusive_ptr<c10d::Work> work)
+      : env_(env), what_(std::move(what)), work_(std::move(work)) {}
+  void wait() override {
+    if (!work_) return;
+    auto w = std::move(work_);
+    collective(env_, what_, [&] { w->wait(); });
+  }
+
+ private:
+  DistEnv env_;
+  std::string what_;
+  c10::intrusive_ptr<c10d::Work> work_;
+};
+}  // namespace
+
+std::unique_ptr<DataParallel::Pending> DataParallel::start_allreduce_sum(torch::Tensor t, const std::string& what) {
+  std::vector<at::Tensor> v{std::move(t)};
+  c10::intrusive_ptr<c10d::Work> work;
+  collective(env_, what, [&] { work = impl_->pg->allreduce(v, c10d::AllreduceOptions{}); });
+  return std::make_unique<PendingWork>(env_, what, std::move(work));
+}
+
+// ---- GradientReducer
+
+namespace {
+struct AccumulatedHook : torch::autograd::PostAccumulateGradHook {
+  std::function<void()> fn;
+  explicit AccumulatedHook(std::function<void()> f) : fn(std::move(f)) {}
+  void operator()(const torch::autograd::Variable&) override { fn(); }
+};
+}  // namespace
+
+GradientReducer::GradientReducer(DataParallel& dp, std::vector<torch::Tensor> params, int64_t bucket_bytes)
+    : dp_(dp), params_(std::move(params)) {
+  bucket_of_.assign(params_.size(), 0);
+  int64_t bytes = 0;
+  for (size_t k = params_.size(); k-- > 0;) {  // reverse: the order backward finishes them, roughly
+    const auto& p = params_[k];
+    if (!p.requires_grad()) throw Error("GradientReducer: parameter " + std::to_string(k) + " does not require grad");
+    if (buckets_.empty() || bytes >= bucket_bytes) {
+      buckets_.emplace_back();
+      bytes = 0;
+    }
+    buckets_.back().params.push_back(k);
+    bucket_of_[k] = buckets_.size() - 1;
+    bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  }
+  seen_.assign(params_.size(), 0);
+  had_grad_.assign(params_.size(), 0);
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (torch::autograd::impl::post_acc_grad_hooks(params_[k]))
+      throw Error("GradientReducer: parameter " + std::to_string(k) + " already has a post-accumulate-grad hook",
+                  "one reducer per set of parameters");
+  }
+  for (size_t k = 0; k < params_.size(); ++k) {
+    auto hook = std::make_unique<AccumulatedHook>([this, k] { ready(k); });
+    hooks_.push_back(hook.get());
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[k], std::move(hook));
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  for (size_t k = 0; k < params_.size(); ++k) {
+    auto& slot = torch::autograd::impl::post_acc_grad_hooks(params_[k]);
+    if (slot.get() == hooks_[k]) torch::autograd::impl::set_post_acc_grad_hooks(params_[k], nullptr);
+  }
+  // A step abandoned by an error: the collectives still queued are dropped, not waited for (each
+  // wait could take dist.timeout_s with a hung peer); their Work objects keep the buffers alive,
+  // and ~DataParallel aborts the communicators.
+  for (auto& b : buckets_) b.pending.reset();
+}
+
+void GradientReducer::arm() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& b : buckets_) {
+    b.waiting = static_cast<int64_t>(b.params.size());
+    b.flat = torch::Tensor();
+    b.pending.reset();
+  }
+  std::fill(seen_.begin(), seen_.end(), 0);
+  next_ = 0;
+  started_early_ = 0;
+  armed_ = true;
+}
+
+void GradientReducer::ready(size_t k) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!armed_ || seen_[k]) return;
+  seen_[k] = 1;
+  --buckets_[bucket_of_[k]].waiting;
+  while (next_ < buckets_.size() && buckets_[next_].waiting == 0) {
+    start(next_++);
+    ++started_early_;
+  }
+}
+
+void GradientReducer::start(size_t bi) {
+  torch::NoGradGuard ng;
+  Bucket& b = buckets_[bi];
+  std::vector<torch::Tensor> parts;
+  parts.reserve(b.params.size());
+  for (size_t k : b.params) {
+    auto& p = params_[k];
+    had_grad_[k] = p.grad().defined();
+    parts.push_back(had_grad_[k] ? p.grad().reshape(-1) : torch::zeros({p.numel()}, p.options()));
+  }
+  b.flat = torch::cat(parts);
+  parts.clear();
+  // The bucket holds the gradients now: release the parameters' own (this backward pass is done
+  // with them), so the overlap costs no second copy of the gradient; finish() points each .grad
+  // at its averaged slice of the bucket.
+  for (size_t k : b.params) params_[k].mutable_grad() = torch::Tensor();
+  b.pending = dp_.start_allreduce_sum(b.flat, "averaging gradients");
+}
+
+void GradientReducer::finish() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!armed_) throw Error("GradientReducer::finish() without arm()");
+    armed_ = false;
+    while (next_ < buckets_.size()) start(next_++);
+  }
+  torch::NoGradGuard ng;
+  const double W = dp_.world_size();
+  for (auto& b : buckets_) {
+    b.pending->wait();
+    b.pending.reset();
+    b.flat.div_(W);
+    int64_t off = 0;
+    for (size_t k : b.params) {
+      auto& p = params_[k];
+      const int64_t n = p.numel();
+      if (had_grad_[k]) p.mutable_grad() = b.flat.narrow(0, off, n).view_as(p);  // a view: no copy
+      off += n;
+    }
+    b.flat = torch::Tensor();  // the .grad views keep the bucket's storage
+  }
 }
 
 std::vector<double> DataParallel::mean(const std::vector<double>& values) {
@@ -252,12 +406,13 @@ std::vector<ZeroShards::Segment> ZeroShards::layout(int64_t world, int64_t rank)
   return out;
 }
 
-void ZeroShards::reduce_gradients() {
+void ZeroShards::reduce_gradients(bool averaged) {
   torch::NoGradGuard ng;
+  if (averaged && stage_ != 1) throw Error("ZeroShards: only ZeRO-1 takes gradients averaged by a GradientReducer");
   has_grad_.assign(params_.size(), false);
   for (size_t i = 0; i < params_.size(); ++i) has_grad_[i] = params_[i].grad().defined();
   if (stage_ == 1) {
-    dp_.average_gradients(params_);
+    if (!averaged) dp_.average_gradients(params_);
     for (auto& pc : pieces_)
       if (has_grad_[pc.param]) pc.value.mutable_grad() = params_[pc.param].grad().view(-1).narrow(0, pc.offset, pc.numel);
     return;

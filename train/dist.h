@@ -1,14 +1,17 @@
 // Data parallelism on PyTorch's c10d process groups (Gloo between CPU processes, NCCL between GPUs):
 // the process group comes from the launcher's environment (torchrun variables, else SLURM), ranks
-// start from rank 0's parameters, and gradients are averaged across ranks in buckets after the
-// local accumulation (not yet overlapped with backward). ZeroShards adds ZeRO-1 (optimizer state
-// sharded) and ZeRO-2 (gradients reduce-scattered as well). World size 1 needs none of this.
+// start from rank 0's parameters, and gradients are averaged across ranks in buckets: after the
+// local accumulation (DataParallel::average_gradients), or while the last backward pass still runs
+// (GradientReducer: a bucket's all-reduce starts as soon as its last gradient is accumulated).
+// ZeroShards adds ZeRO-1 (optimizer state sharded) and ZeRO-2 (gradients reduce-scattered as well).
+// World size 1 needs none of this.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,6 +43,14 @@ class DataParallel {
   void broadcast(const torch::Tensor& t, int root);
   // Averages gradients across ranks; buckets of about `bucket_bytes` are flattened and reduced together.
   void average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20);
+  // A sum all-reduce of `t` in place, started now and finished by wait() (which, like every
+  // collective here, turns a timeout or a dead peer into one clear error naming `what`).
+  class Pending {
+   public:
+    virtual ~Pending() = default;
+    virtual void wait() = 0;
+  };
+  std::unique_ptr<Pending> start_allreduce_sum(torch::Tensor t, const std::string& what);
   // The mean across ranks of a few scalars (for logging).
   std::vector<double> mean(const std::vector<double>& values);
   // Every rank's `values`, rank after rank (world_size * values.size() numbers).
@@ -60,6 +71,55 @@ class DataParallel {
  private:
   DistEnv env_;
   std::unique_ptr<Impl> impl_;
+};
+
+// Gradient averaging overlapped with backward, as torch DDP's reducer does it. The parameters are
+// cut into buckets of about `bucket_bytes` in reverse order (backward produces the last layers'
+// gradients first). A hook on each parameter's gradient accumulator counts the gradients of the
+// armed backward pass; when a bucket is complete its all-reduce starts (asynchronously, on the
+// process group's own threads or NCCL stream) while backward goes on. Buckets start in index order
+// on every rank, so the collectives match across ranks whatever the order of the hooks.
+//   arm()     before the last backward pass of the step (earlier micro-batches only accumulate);
+//   finish()  after it: starts the buckets still waiting (a parameter that got no gradient counts
+//             as zeros and keeps no gradient), waits for all, and points each .grad at its
+//             averaged slice of the bucket.
+// Memory: once a bucket starts, its parameters' .grad are released (the bucket holds them), so the
+// gradient exists once, as without overlap; after finish() every .grad is a view into a bucket.
+// The averages equal average_gradients' up to the order in which the ranks' values are summed
+// (bit-identical with 2 ranks). A parameter must get a gradient on every rank or on none (a
+// Llama's do); one that has none on this rank keeps none.
+class GradientReducer {
+ public:
+  GradientReducer(DataParallel& dp, std::vector<torch::Tensor> params, int64_t bucket_bytes = 25 << 20);
+  ~GradientReducer();  // removes the hooks
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+  void arm();
+  void finish();
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Of the last finish()'s buckets, how many had started before backward returned.
+  int64_t started_during_backward() const { return started_early_; }
+
+ private:
+  struct Bucket {
+    std::vector<size_t> params;
+    int64_t waiting = 0;  // parameters of the armed pass not yet accumulated
+    torch::Tensor flat;
+    std::unique_ptr<DataParallel::Pending> pending;
+  };
+  void ready(size_t param);
+  void start(size_t bucket);
+  DataParallel& dp_;
+  std::vector<torch::Tensor> params_;
+  std::vector<size_t> bucket_of_;
+  std::vector<Bucket> buckets_;
+  std::vector<char> seen_;
+  std::vector<char> had_grad_;  // this rank had a gradient for the parameter when its bucket started
+  std::vector<const void*> hooks_;  // ours, to remove only those
+  std::mutex mu_;
+  bool armed_ = false;
+  size_t next_ = 0;  // buckets [0, next_) have started
+  int64_t started_early_ = 0;
 };
 
 // ZeRO over a flat view of the parameters: their concatenation (in the order given), zero-padded
@@ -89,8 +149,9 @@ class ZeroShards {
   int64_t shard_numel() const { return shard_; }
   // After the local backward passes: averages gradients across ranks and points every piece's
   // .grad at the averaged gradient of its elements (stage 2: into the shard buffer, and every
-  // parameter's .grad is released).
-  void reduce_gradients();
+  // parameter's .grad is released). Stage 1 with `averaged`: a GradientReducer already averaged
+  // the parameters' .grad; only the pieces are pointed at it.
+  void reduce_gradients(bool averaged = false);
   // The global L2 norm of the averaged gradient (fp64 accumulation, summed across ranks) and, when
   // it exceeds `max_norm` > 0, the owned gradient scaled down to it, as clip_grad_norm does.
   double clip_grad_norm(double max_norm);

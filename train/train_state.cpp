@@ -108,7 +108,8 @@ TrainState load_train_checkpoint(const std::string& dir, Llama& model, torch::op
     torch::NoGradGuard ng;
     for (auto& p : model->named_parameters()) p.value().copy_(ck.tensors.at(p.key()));
   }
-  if (load_optimizer) torch::load(opt, dir + "/optimizer.pt");
+  // Onto the model's device: rank 0 saved it from its own (cuda:0 on GPUs), every rank loads it.
+  if (load_optimizer) torch::load(opt, dir + "/optimizer.pt", model->parameters().front().device());
   TrainState st;
   st.step = j.at("step").get<int64_t>();
   st.tokens_seen = j.at("tokens_seen").get<int64_t>();

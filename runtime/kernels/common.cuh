@@ -99,12 +99,15 @@ __device__ __forceinline__ uint4 ld_coherent(const void* p) {
 // Launches kernel<<<grid, block, smem, stream>>>(args...); with `dependent` on a device of compute
 // capability 9.0 or later, as a programmatic dependent of the previous kernel on the stream (it may
 // start before that one ends; it must pdl_wait() before touching what that one writes).
+// Whether `kernel` on the current device runs code compiled for compute capability 9.0 or later,
+// where pdl_wait() is a real wait: on a newer GPU that JIT-compiles the sm_80 PTX it is compiled
+// out, and a dependent launch would race. Cached per (device, kernel).
+bool pdl_capable(const void* kernel);
+
 template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                           bool dependent, A&&... args) {
-  int dev = 0, major = 0;
-  if (dependent && cudaGetDevice(&dev) == cudaSuccess &&
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9) {
+  if (dependent && pdl_capable(reinterpret_cast<const void*>(kernel))) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;

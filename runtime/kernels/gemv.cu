@@ -6,6 +6,9 @@
 // Floor: N*K*sizeof(T) bytes / HBM bandwidth.
 #include "runtime/kernels/common.cuh"
 
+#include <map>
+#include <mutex>
+
 namespace bonsai::kernels {
 namespace {
 
@@ -114,6 +117,23 @@ cudaError_t launch(const T* W, const T* x, int64_t xs, T* y, int64_t ys, int64_t
 }
 
 }  // namespace
+
+bool pdl_capable(const void* kernel) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, bool> known;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find({dev, kernel});
+  if (it != known.end()) return it->second;
+  int major = 0;
+  cudaFuncAttributes attr{};
+  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+                  cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
+  cudaGetLastError();  // a failed query is an answer (no), not an error for the next launch to report
+  known[{dev, kernel}] = ok;
+  return ok;
+}
 
 cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, int64_t B,
                  int64_t N, int64_t K, cudaStream_t stream, const GemvOptions& opt) {
