@@ -370,7 +370,7 @@ int64_t gradient_bytes(const std::vector<torch::Tensor>& params) {
 }
 
 ZeroShards::ZeroShards(DataParallel& dp, std::vector<torch::Tensor> params, int stage, int64_t bucket_bytes)
-    : dp_(dp), params_(std::move(params)), stage_(stage) {
+    : dp_(dp), params_(std::move(params)), stage_(stage), bucket_bytes_(bucket_bytes) {
   if (stage != 1 && stage != 2) throw Error("ZeRO stage must be 1 or 2, got " + std::to_string(stage));
   const int64_t W = dp.world_size();
   for (const auto& p : params_) {
@@ -412,7 +412,7 @@ void ZeroShards::reduce_gradients(bool averaged) {
   has_grad_.assign(params_.size(), false);
   for (size_t i = 0; i < params_.size(); ++i) has_grad_[i] = params_[i].grad().defined();
   if (stage_ == 1) {
-    if (!averaged) dp_.average_gradients(params_);
+    if (!averaged) dp_.average_gradients(params_, bucket_bytes_);
     for (auto& pc : pieces_)
       if (has_grad_[pc.param]) pc.value.mutable_grad() = params_[pc.param].grad().view(-1).narrow(0, pc.offset, pc.numel);
     return;

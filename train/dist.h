@@ -180,7 +180,8 @@ class ZeroShards {
   std::vector<int64_t> starts_;  // flat offset of each parameter
   std::vector<bool> has_grad_;
   int stage_;
-  int64_t total_ = 0, shard_ = 0, bucket_ = 0;  // bucket_: elements per rank per collective
+  int64_t bucket_bytes_;                      // stage 1: the all-reduce bucket size
+  int64_t total_ = 0, shard_ = 0, bucket_ = 0;  // bucket_: elements per rank per collective (stage 2)
   std::vector<Piece> pieces_;
   torch::Tensor grad_shard_;
 };
