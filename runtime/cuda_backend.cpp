@@ -2,6 +2,9 @@
 //   x = embed[tok]; per layer: h = rmsnorm(x (+= pending residual)); qkv = h Wqkv^T;
 //   q = rope(q), cache[k,v] <- rope(k), v; a = attention(q, cache); x += a Wo^T (fused into the next
 //   norm); h = rmsnorm(x); x += swiglu(h Wgu^T) Wdown^T; logits = rmsnorm(x) Wout^T; tok = sample(logits)
+// With fuse_norm (batch <= 8) the norm weights live in Wqkv and Wgu, and the add_rmsnorm launches go:
+//   qkv = rmsnorm(x) Wqkv'^T and gu = rmsnorm(x) Wgu'^T normalize x inside the GEMV; x += a Wo^T and
+//   x += swiglu(gu) Wdown^T are the GEMVs' epilogues; only the final norm before Wout stays a kernel.
 // Prefill (one sequence, T tokens) is the same with SDPA (flash) for the attention.
 #include "runtime/cuda_backend.h"
 
@@ -39,6 +42,10 @@ class CudaBackendImpl : public CudaBackend {
                   "0 chooses from the batch");
     if (opt.gemv_loads != 0 && opt.gemv_loads != 2 && opt.gemv_loads != 4 && opt.gemv_loads != 8)
       throw Error("CUDA backend: gemv_loads=" + std::to_string(opt.gemv_loads) + " is not one of 0, 2, 4, 8");
+    if (opt.fuse_norm && (!opt.gemv || (opt.gemv_loads != 0 && opt.gemv_loads != 2)))
+      throw Error("CUDA backend: fuse_norm needs gemv=true and gemv_loads 0 or 2 (got gemv=" +
+                      std::string(opt.gemv ? "true" : "false") + ", gemv_loads=" + std::to_string(opt.gemv_loads) + ")",
+                  "set fuse_norm=false, or gemv_loads=2");
     dev_ = torch::Device(torch::kCUDA, opt.device);
     c10::cuda::CUDAGuard guard(dev_);
     auto to = [&](const Tensor& t) { return t.detach().to(dev_, opt.dtype).contiguous(); };
@@ -60,6 +67,16 @@ class CudaBackendImpl : public CudaBackend {
       x.ffn_norm = to(l.ffn_norm->weight);
       x.wgu = torch::cat({to(l.gate->weight), to(l.up->weight)}, 0).contiguous();
       x.wdown = to(l.down->weight);
+      if (opt.fuse_norm) {
+        // rmsnorm(h) * g @ W^T == rmsnorm(h) @ (W * g)^T: g moves into W's columns (fp32, rounded once);
+        // the unit norm weights left behind keep prefill (add_rmsnorm + matmul) consistent with it.
+        auto fold = [&](Tensor& W, Tensor& g) {
+          W = (W.to(torch::kFloat) * g.to(torch::kFloat).unsqueeze(0)).to(opt.dtype).contiguous();
+          g = torch::ones_like(g);
+        };
+        fold(x.wqkv, x.attn_norm);
+        fold(x.wgu, x.ffn_norm);
+      }
       layers_.push_back(std::move(x));
     }
     inv_freq_ = model->inv_freq().to(dev_, torch::kFloat).contiguous();
@@ -188,6 +205,20 @@ class CudaBackendImpl : public CudaBackend {
     const int64_t B = tok.size(0);
     Tensor x = embed_.index_select(0, tok);
     Tensor len = pos + 1;
+    if (opt_.fuse_norm && B <= 8) {  // x, the residual stream, is normalized and updated by the GEMVs
+      const double eps = cfg_.rms_norm_eps;
+      const int ld = opt_.gemv_loads;
+      const bool ov = opt_.overlap;
+      for (size_t i = 0; i < layers_.size(); ++i) {
+        const Layer& l = layers_[i];
+        Tensor q = cuda::rope_qkv_to_cache(cuda::gemv_rmsnorm(l.wqkv, x, eps, ld, ov), pos, slot, inv_freq_, k_[i], v_[i],
+                                           H_, Hkv_, D_);
+        Tensor a = cuda::decode_attention(q, k_[i], v_[i], slot, len, splits_);
+        cuda::gemv_accumulate(x, l.wo, a.view({B, H_ * D_}), ld, ov);
+        cuda::gemv_accumulate(x, l.wdown, cuda::swiglu(cuda::gemv_rmsnorm(l.wgu, x, eps, ld, ov)), ld, ov);
+      }
+      return linear(cuda::add_rmsnorm(x, std::nullopt, final_norm_, eps), lm_head_);
+    }
     Tensor resid;
     for (size_t i = 0; i < layers_.size(); ++i) {
       const Layer& l = layers_[i];

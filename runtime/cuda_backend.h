@@ -18,6 +18,11 @@ struct CudaBackendOptions {
   bool gemv = true;          // our GEMV kernel at batch <= 8 (else cuBLAS through at::mm)
   int gemv_loads = 2;        // its variant (cuda::gemv's loads: 0, 2, 4, 8; 2 was fastest on an H200)
   bool overlap = true;       // GEMVs launched as programmatic dependents (Hopper+): weight reads overlap the kernel before
+  // Decode at batch <= 8 without the per-layer add_rmsnorm launches: the norm weights are folded into
+  // the q/k/v and gate/up weights (rounded once), those GEMVs normalize x themselves, and the o and
+  // down GEMVs add into the residual stream (cuda::gemv_rmsnorm / gemv_accumulate). Needs gemv with
+  // gemv_loads 0 or 2. Off by default until an H100/H200 run has measured it (scripts/gpu/check.sh).
+  bool fuse_norm = false;
   int64_t attention_splits = 0;  // 0 = per call, from the batch and kv heads (fill the GPU)
   int device = 0;
 };

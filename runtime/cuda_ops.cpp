@@ -36,6 +36,8 @@ torch::Tensor rope_qkv_to_cache(const torch::Tensor&, const torch::Tensor&, cons
                                 torch::Tensor&, torch::Tensor&, int64_t, int64_t, int64_t) { no_cuda("rope_qkv_to_cache"); }
 torch::Tensor swiglu(const torch::Tensor&) { no_cuda("swiglu"); }
 torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, int, bool) { no_cuda("gemv"); }
+torch::Tensor gemv_rmsnorm(const torch::Tensor&, const torch::Tensor&, double, int, bool) { no_cuda("gemv_rmsnorm"); }
+void gemv_accumulate(torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int, bool) { no_cuda("gemv_accumulate"); }
 torch::Tensor decode_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                const torch::Tensor&, int64_t) { no_cuda("decode_attention"); }
 int64_t default_attention_splits(int64_t, int64_t, int64_t) { return 1; }
@@ -176,19 +178,29 @@ torch::Tensor swiglu(const torch::Tensor& gate_up) {
   return out;
 }
 
-torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
-  const char* op = "gemv";
-  if (loads != 0 && loads != 2 && loads != 4 && loads != 8)
-    throw Error("cuda gemv: loads=" + std::to_string(loads) + " is not one of 0, 2, 4, 8");
+namespace {
+// The checks every GEMV entry shares; returns (W, x) contiguous. `fused`: loads 0 or 2 only.
+std::pair<torch::Tensor, torch::Tensor> gemv_inputs(const char* op, const torch::Tensor& W_in, const torch::Tensor& x_in,
+                                                    int loads, bool fused) {
+  if (loads != 0 && loads != 2 && (fused || (loads != 4 && loads != 8)))
+    throw Error(std::string("cuda ") + op + ": loads=" + std::to_string(loads) + " is not one of " +
+                (fused ? "0, 2" : "0, 2, 4, 8"));
   need_cuda(W_in, op, "W");
   need_cuda(x_in, op, "x");
   need_dim(W_in, 2, op, "W");
   need_dim(x_in, 2, op, "x");
   same_dtype(W_in, x_in, op, "x");
   if (x_in.size(1) != W_in.size(1) || x_in.size(0) < 1 || x_in.size(0) > 8)
-    throw Error("cuda gemv: x " + shape_of(x_in) + " and W " + shape_of(W_in) + " do not fit (B<=8, K matching)");
-  c10::cuda::CUDAGuard guard(W_in.device());
-  torch::Tensor W = W_in.contiguous(), x = x_in.contiguous();
+    throw Error(std::string("cuda ") + op + ": x " + shape_of(x_in) + " and W " + shape_of(W_in) +
+                " do not fit (B<=8, K matching)");
+  return {W_in.contiguous(), x_in.contiguous()};
+}
+}  // namespace
+
+torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
+  const char* op = "gemv";
+  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, false);
+  c10::cuda::CUDAGuard guard(W.device());
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
   check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
                 W.size(0), W.size(1), stream(),
@@ -196,6 +208,38 @@ torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loa
                 K::GemvOptions{loads, overlap && W_in.is_contiguous()}),
         op);
   return y;
+}
+
+torch::Tensor gemv_rmsnorm(const torch::Tensor& W_in, const torch::Tensor& x_in, double eps, int loads, bool overlap) {
+  const char* op = "gemv_rmsnorm";
+  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, true);
+  if (!(eps >= 0)) throw Error("cuda gemv_rmsnorm: eps must be >= 0, got " + std::to_string(eps));
+  c10::cuda::CUDAGuard guard(W.device());
+  torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
+  K::GemvFusion f;
+  f.rms_norm = true;
+  f.eps = static_cast<float>(eps);
+  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
+                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap && W_in.is_contiguous()}, f),
+        op);
+  return y;
+}
+
+void gemv_accumulate(torch::Tensor& y, const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
+  const char* op = "gemv_accumulate";
+  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, true);
+  need_cuda(y, op, "y");
+  same_dtype(W, y, op, "y");
+  if (y.dim() != 2 || y.size(0) != x.size(0) || y.size(1) != W.size(0) || !y.is_contiguous())
+    throw Error("cuda gemv_accumulate: y has shape " + shape_of(y) + ", expected a contiguous (" +
+                std::to_string(x.size(0)) + ", " + std::to_string(W.size(0)) + ") (it is updated in place)");
+  if (y.data_ptr() == x.data_ptr()) throw Error("cuda gemv_accumulate: y and x are the same tensor");
+  c10::cuda::CUDAGuard guard(W.device());
+  K::GemvFusion f;
+  f.accumulate = true;
+  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
+                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap && W_in.is_contiguous()}, f),
+        op);
 }
 
 int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {

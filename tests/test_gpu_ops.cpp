@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <sstream>
 
 #include "distill/kd_loss.h"
 #include "model/checkpoint.h"
@@ -167,6 +168,45 @@ TEST(GpuOps, Gemv) {
   EXPECT_THROW(cuda::gemv(W, x), Error);  // K not a multiple of 8: refused, not silently wrong
   Tensor x8 = randn({1, 64}, torch::kBFloat16), W8 = randn({4, 64}, torch::kBFloat16);
   EXPECT_NE(test::error_of([&] { cuda::gemv(W8, x8, 3); }).find("loads=3"), std::string::npos);
+}
+
+// The decode fusions: rmsnorm(x) @ (W * g)^T with x normalized inside the GEMV, and y += x @ W^T.
+TEST(GpuOps, GemvFusions) {
+  REQUIRE_GPU();
+  torch::manual_seed(15);
+  const double eps = 1e-5;
+  for (auto t : kTypes)
+    for (int64_t B : {1, 2, 5, 8})
+      for (int64_t N : {1, 19, 111, 989, 3072})
+        for (int64_t K : {576, 2048, 8192})
+          for (int loads : {0, 2})
+            for (bool overlap : {false, true}) {
+              std::ostringstream at;
+              at << dname(t) << " B " << B << " N " << N << " K " << K << " loads " << loads << " overlap " << overlap;
+              Tensor W = randn({N, K}, t, 0.05), g = randn({K}, t, 1.0) + 1.0;
+              Tensor x = cuda::swiglu(randn({B, 2 * K}, t, 2.0));  // written just before, as in Gemv
+              Tensor Wg = (W.to(torch::kFloat) * g.to(torch::kFloat)).to(t);
+              Tensor y = cuda::gemv_rmsnorm(Wg, x, eps, loads, overlap);
+              Tensor xn = x.to(torch::kDouble);
+              xn = xn * torch::rsqrt(xn.pow(2).mean(-1, true) + eps) * g.to(torch::kDouble);
+              Tensor ref = torch::matmul(xn, W.to(torch::kDouble).t());
+              // W * g is rounded to t once: one more rounding than the GEMV's own
+              EXPECT_LE(rel(y, ref), t == torch::kFloat ? 1e-5 : 2 * bound(t)) << "rms_norm " << at.str();
+
+              // accumulate: bit-identical to the unfused pair (gemv, then the dtype's x + r)
+              Tensor y0 = randn({B, N}, t, 1.0);
+              Tensor acc = y0.clone();
+              cuda::gemv_accumulate(acc, W, x, loads, overlap);
+              EXPECT_TRUE(torch::equal(acc, y0 + cuda::gemv(W, x, loads))) << "accumulate " << at.str();
+            }
+  Tensor W = randn({64, 64}, torch::kBFloat16), x = randn({2, 64}, torch::kBFloat16), y = randn({2, 64}, torch::kBFloat16);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_rmsnorm(W, x, 1e-5, 4); }).find("loads=4 is not one of 0, 2"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(x, W, x); }).find("same tensor"), std::string::npos);
+  Tensor wrong = randn({2, 65}, torch::kBFloat16);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(wrong, W, x); }).find("expected a contiguous (2, 64)"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_rmsnorm(W, randn({9, 64}, torch::kBFloat16), 1e-5); }).find("B<=8"),
+            std::string::npos);
 }
 
 TEST(GpuOps, DecodeAttention) {
@@ -410,8 +450,10 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
     auto cpu = make_torch_backend(m);
     CudaBackendOptions opt;
     opt.dtype = torch::kFloat;
-    for (bool graphs : {false, true}) {
+    for (int run = 0; run < 4; ++run) {
+      const bool graphs = run % 2 == 1;
       opt.graphs = graphs;
+      opt.fuse_norm = run >= 2;
       auto gpu = make_cuda_backend(m, opt);
       cpu->reserve(3, 200);
       gpu->reserve(3, 200);
@@ -421,7 +463,7 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
       auto ids = torch::tensor(prompt, torch::kLong).unsqueeze(0);
       for (int64_t s = 0; s < 3; ++s) {
         auto a = cpu->step(ids, {s}, {0}), b = gpu->step(ids, {s}, {0});
-        EXPECT_LE(rel(b, a), 1e-4) << "prefill D " << D << " graphs " << graphs;
+        EXPECT_LE(rel(b, a), 1e-4) << "prefill D " << D << " graphs " << graphs << " fuse_norm " << opt.fuse_norm;
       }
       // a second prefill chunk continues the cache (masked SDPA)
       auto more = torch::tensor(std::vector<int64_t>{5, 6, 7, 8}, torch::kLong).unsqueeze(0);
@@ -431,12 +473,14 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
         auto tok = torch::tensor(std::vector<int64_t>{int64_t(rng() % 1000), int64_t(rng() % 1000), int64_t(rng() % 1000)}, torch::kLong).unsqueeze(1);
         std::vector<int64_t> start = {40 + i, 40 + i, 44 + i};
         auto a = cpu->step(tok, {0, 1, 2}, start), b = gpu->step(tok, {0, 1, 2}, start);
-        EXPECT_LE(rel(b, a), 1e-4) << "decode step " << i << " D " << D << " graphs " << graphs;
+        EXPECT_LE(rel(b, a), 1e-4) << "decode step " << i << " D " << D << " graphs " << graphs << " fuse_norm "
+                                   << opt.fuse_norm;
       }
     }
     // greedy through the engine, and decode_loop's on-device greedy, equal the CPU engine's tokens
     Engine ecpu(make_torch_backend(m));
     opt.graphs = true;
+    opt.fuse_norm = false;
     auto gpu = make_cuda_backend(m, opt);
     CudaBackend* raw = gpu.get();
     Engine egpu(std::move(gpu));
@@ -468,14 +512,17 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
 TEST(GpuBackend, GemvVariantsAndOverlapAgreeExactly) {
   REQUIRE_GPU();
   Llama m = tiny_llama(torch::kBFloat16, 64, 4, 2);
-  std::vector<Tensor> ref;
+  std::vector<Tensor> ref, ref_fused;  // fuse_norm rounds differently (W * g): its own reference
+  for (bool fuse : {false, true})
   for (int loads : {0, 2, 4, 8})
     for (bool overlap : {false, true})
       for (bool graphs : {false, true}) {
+        if (fuse && loads > 2) continue;
         CudaBackendOptions opt;
         opt.gemv_loads = loads;
         opt.overlap = overlap;
         opt.graphs = graphs;
+        opt.fuse_norm = fuse;
         auto gpu = make_cuda_backend(m, opt);
         gpu->reserve(2, 128);
         torch::manual_seed(9);
@@ -485,13 +532,14 @@ TEST(GpuBackend, GemvVariantsAndOverlapAgreeExactly) {
           auto tok = torch::randint(0, 1000, {2, 1}, torch::kLong);
           got.push_back(gpu->step(tok, {0, 1}, {24 + i, 24 + i}));
         }
-        if (ref.empty()) {
-          ref = got;
+        auto& r = fuse ? ref_fused : ref;
+        if (r.empty()) {
+          r = got;
           continue;
         }
         for (size_t j = 0; j < got.size(); ++j)
-          EXPECT_TRUE(torch::equal(got[j], ref[j])) << "loads " << loads << " overlap " << overlap << " graphs " << graphs
-                                                    << " step " << j;
+          EXPECT_TRUE(torch::equal(got[j], r[j])) << "loads " << loads << " overlap " << overlap << " graphs " << graphs
+                                                  << " fuse_norm " << fuse << " step " << j;
       }
 }
 
@@ -506,14 +554,19 @@ TEST(GpuBackend, Bf16CloseToTorchBackend) {
   Llama m = tiny_llama(torch::kBFloat16, 64, 4, 2);
   Llama m32 = tiny_llama(torch::kFloat, 64, 4, 2);
   auto cpu = make_torch_backend(m32);
-  auto gpu = make_cuda_backend(m);
   cpu->reserve(1, 100);
-  gpu->reserve(1, 100);
   auto ids = torch::randint(0, 1000, {1, 30}, torch::kLong);
-  EXPECT_LE(rel(gpu->step(ids, {0}, {0}), cpu->step(ids, {0}, {0})), 5e-2);
-  for (int64_t i = 0; i < 10; ++i) {
-    auto t = torch::randint(0, 1000, {1, 1}, torch::kLong);
-    EXPECT_LE(rel(gpu->step(t, {0}, {30 + i}), cpu->step(t, {0}, {30 + i})), 5e-2) << i;
+  std::vector<Tensor> toks;
+  for (int64_t i = 0; i < 10; ++i) toks.push_back(torch::randint(0, 1000, {1, 1}, torch::kLong));
+  for (bool fuse : {false, true}) {
+    CudaBackendOptions opt;
+    opt.fuse_norm = fuse;
+    auto gpu = make_cuda_backend(m, opt);
+    gpu->reserve(1, 100);
+    EXPECT_LE(rel(gpu->step(ids, {0}, {0}), cpu->step(ids, {0}, {0})), 5e-2) << "fuse_norm " << fuse;
+    for (int64_t i = 0; i < 10; ++i)
+      EXPECT_LE(rel(gpu->step(toks[i], {0}, {30 + i}), cpu->step(toks[i], {0}, {30 + i})), 5e-2)
+          << i << " fuse_norm " << fuse;
   }
 }
 
@@ -525,6 +578,12 @@ TEST(GpuOps, ErrorsNameTheProblem) {
   EXPECT_NE(test::error_of([&] { cuda::swiglu(xi); }).find("dtype Int"), std::string::npos);
   Tensor xc = x.cpu();
   EXPECT_NE(test::error_of([&] { cuda::swiglu(xc); }).find("must be a CUDA tensor"), std::string::npos);
+  CudaBackendOptions opt;
+  opt.fuse_norm = true;
+  opt.gemv_loads = 4;
+  Llama m = tiny_llama(torch::kFloat, 64, 4, 2);
+  EXPECT_NE(test::error_of([&] { make_cuda_backend(m, opt); }).find("fuse_norm needs gemv=true and gemv_loads 0 or 2"),
+            std::string::npos);
 }
 
 // A trainer on a GPU saves from CUDA tensors: the HF writer, the GGUF writer and the training

@@ -49,8 +49,21 @@ struct GemvOptions {
   // pdl_trigger() early (add_rmsnorm, swiglu and the attention combine do).
   bool overlap = false;
 };
+// What the GEMV folds in around the product (decode: two kernels fewer per projection pair).
+struct GemvFusion {
+  // x is the residual stream and the product reads rmsnorm(x) without its weight: each block sums
+  // the squares of x's rows (fp32) while it reads them for the products, and scales each output by
+  // its row's 1/rms. The norm weight must be folded into W's columns beforehand (W * g): the result
+  // equals weight * rmsnorm(x) @ W^T up to where bf16/fp16 rounding happens (once in W * g instead
+  // of once per normalized x).
+  bool rms_norm = false;
+  float eps = 1e-5f;
+  // y += x @ W^T instead of y = x @ W^T: the product rounded to the dtype, then the sum rounded,
+  // as add_rmsnorm's residual add (y is then the residual stream; it may not alias x).
+  bool accumulate = false;
+};
 cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* y, int64_t y_stride, int64_t B,
-                 int64_t N, int64_t K, cudaStream_t stream, const GemvOptions& opt = {});
+                 int64_t N, int64_t K, cudaStream_t stream, const GemvOptions& opt = {}, const GemvFusion& fuse = {});
 
 // Decode attention: one new query per sequence over its cached positions [0, len[b]) (GQA,
 // split-K "flash-decoding"). q (B, H, D); caches (slots, Hkv, max_seq, D); out (B, H, D).
