@@ -6,6 +6,7 @@
 #include "core/error.h"
 
 #ifdef BONSAI_CUDA
+#include <ATen/MemoryOverlap.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -190,6 +191,8 @@ std::pair<torch::Tensor, torch::Tensor> gemv_inputs(const char* op, const torch:
   need_dim(W_in, 2, op, "W");
   need_dim(x_in, 2, op, "x");
   same_dtype(W_in, x_in, op, "x");
+  if (x_in.device() != W_in.device())
+    throw Error(std::string("cuda ") + op + ": x is on " + x_in.device().str() + ", W on " + W_in.device().str());
   if (x_in.size(1) != W_in.size(1) || x_in.size(0) < 1 || x_in.size(0) > 8)
     throw Error(std::string("cuda ") + op + ": x " + shape_of(x_in) + " and W " + shape_of(W_in) +
                 " do not fit (B<=8, K matching)");
@@ -227,13 +230,17 @@ torch::Tensor gemv_rmsnorm(const torch::Tensor& W_in, const torch::Tensor& x_in,
 
 void gemv_accumulate(torch::Tensor& y, const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
   const char* op = "gemv_accumulate";
-  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, true);
   need_cuda(y, op, "y");
+  // before contiguous() could copy x: y is written while x is read
+  if (x_in.defined() && at::get_overlap_status(y, x_in) != at::MemOverlapStatus::No)
+    throw Error("cuda gemv_accumulate: y and x overlap in memory (y is updated while x is read)", "pass a copy of x");
+  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, true);
   same_dtype(W, y, op, "y");
-  if (y.dim() != 2 || y.size(0) != x.size(0) || y.size(1) != W.size(0) || !y.is_contiguous())
-    throw Error("cuda gemv_accumulate: y has shape " + shape_of(y) + ", expected a contiguous (" +
-                std::to_string(x.size(0)) + ", " + std::to_string(W.size(0)) + ") (it is updated in place)");
-  if (y.data_ptr() == x.data_ptr()) throw Error("cuda gemv_accumulate: y and x are the same tensor");
+  if (y.dim() != 2 || y.size(0) != x.size(0) || y.size(1) != W.size(0) || y.stride(1) != 1)
+    throw Error("cuda gemv_accumulate: y has shape " + shape_of(y) + ", expected (" + std::to_string(x.size(0)) + ", " +
+                std::to_string(W.size(0)) + ") with contiguous rows (it is updated in place)");
+  if (y.device() != W.device())
+    throw Error("cuda gemv_accumulate: y is on " + y.device().str() + ", W on " + W.device().str());
   c10::cuda::CUDAGuard guard(W.device());
   K::GemvFusion f;
   f.accumulate = true;

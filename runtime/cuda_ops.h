@@ -29,8 +29,8 @@ torch::Tensor gemv(const torch::Tensor& W, const torch::Tensor& x, int loads = 0
 // The decode fusions (kernels::GemvFusion), loads 0 or 2:
 //  gemv_rmsnorm: rmsnorm(x) @ W^T for a W whose columns already carry the norm's weight (W * g):
 //    x (B<=8, K) is the residual stream, read once; no normalized copy is written.
-//  gemv_accumulate: y += x @ W^T in place (y (B, N) contiguous, the residual stream), rounded as
-//    add_rmsnorm rounds x + residual.
+//  gemv_accumulate: y += x @ W^T in place (y (B, N) with contiguous rows, the residual stream; it
+//    may not overlap x), rounded as add_rmsnorm rounds x + residual.
 torch::Tensor gemv_rmsnorm(const torch::Tensor& W, const torch::Tensor& x, double eps, int loads = 0, bool overlap = false);
 void gemv_accumulate(torch::Tensor& y, const torch::Tensor& W, const torch::Tensor& x, int loads = 0, bool overlap = false);
 // q (B, H, D); slot, len (B,) int32. num_splits 0 = default_attention_splits(B, Hkv, max_seq).

@@ -184,26 +184,33 @@ TEST(GpuOps, GemvFusions) {
               std::ostringstream at;
               at << dname(t) << " B " << B << " N " << N << " K " << K << " loads " << loads << " overlap " << overlap;
               Tensor W = randn({N, K}, t, 0.05), g = randn({K}, t, 1.0) + 1.0;
-              Tensor x = cuda::swiglu(randn({B, 2 * K}, t, 2.0));  // written just before, as in Gemv
               Tensor Wg = (W.to(torch::kFloat) * g.to(torch::kFloat)).to(t);
+              Tensor y0 = randn({B, N}, t, 1.0), acc = y0.clone();
+              // K = 576: rows of ~1e-3, where eps (1e-5) is most of mean(x^2) and a misplaced eps shows
+              Tensor src = randn({B, 2 * K}, t, K == 576 ? 0.05 : 2.0);
+              // x is written by the kernel just before each fused GEMV (SwiGLU triggers its dependents
+              // early): with overlap, the GEMV must wait for it before reading x (and y).
+              Tensor x = cuda::swiglu(src);
               Tensor y = cuda::gemv_rmsnorm(Wg, x, eps, loads, overlap);
               Tensor xn = x.to(torch::kDouble);
-              xn = xn * torch::rsqrt(xn.pow(2).mean(-1, true) + eps) * g.to(torch::kDouble);
-              Tensor ref = torch::matmul(xn, W.to(torch::kDouble).t());
-              // W * g is rounded to t once: one more rounding than the GEMV's own
-              EXPECT_LE(rel(y, ref), t == torch::kFloat ? 1e-5 : 2 * bound(t)) << "rms_norm " << at.str();
+              xn = xn * torch::rsqrt(xn.pow(2).mean(-1, true) + eps);
+              // against the weights the kernel was given (W * g rounded to t): the GEMV's own error only
+              Tensor ref = torch::matmul(xn, Wg.to(torch::kDouble).t());
+              EXPECT_LE(rel(y, ref), t == torch::kFloat ? 1e-5 : bound(t)) << "rms_norm " << at.str();
 
               // accumulate: bit-identical to the unfused pair (gemv, then the dtype's x + r)
-              Tensor y0 = randn({B, N}, t, 1.0);
-              Tensor acc = y0.clone();
+              x = cuda::swiglu(src);
               cuda::gemv_accumulate(acc, W, x, loads, overlap);
               EXPECT_TRUE(torch::equal(acc, y0 + cuda::gemv(W, x, loads))) << "accumulate " << at.str();
             }
   Tensor W = randn({64, 64}, torch::kBFloat16), x = randn({2, 64}, torch::kBFloat16), y = randn({2, 64}, torch::kBFloat16);
   EXPECT_NE(test::error_of([&] { cuda::gemv_rmsnorm(W, x, 1e-5, 4); }).find("loads=4 is not one of 0, 2"), std::string::npos);
-  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(x, W, x); }).find("same tensor"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(x, W, x); }).find("overlap"), std::string::npos);
+  Tensor xy = randn({2, 128}, torch::kBFloat16);  // y and x in one buffer, partly overlapping
+  Tensor ya = xy.narrow(1, 0, 64), xa = xy.narrow(1, 32, 64);
+  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(ya, W, xa); }).find("overlap"), std::string::npos);
   Tensor wrong = randn({2, 65}, torch::kBFloat16);
-  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(wrong, W, x); }).find("expected a contiguous (2, 64)"),
+  EXPECT_NE(test::error_of([&] { cuda::gemv_accumulate(wrong, W, x); }).find("expected (2, 64) with contiguous rows"),
             std::string::npos);
   EXPECT_NE(test::error_of([&] { cuda::gemv_rmsnorm(W, randn({9, 64}, torch::kBFloat16), 1e-5); }).find("B<=8"),
             std::string::npos);
@@ -439,6 +446,22 @@ Llama tiny_llama(torch::ScalarType dtype, int64_t D, int64_t H, int64_t Hkv) {
   c.eos_token_id = {1};
   Llama m(c);
   m->init_random(11, 0.08);
+  {
+    // init_random leaves the norm weights at 1, where folding them into the next projection
+    // (fuse_norm), or applying the wrong one, would change nothing: give each its own values in
+    // [0.5, 1.5], the same for every dtype.
+    torch::NoGradGuard ng;
+    int k = 0;
+    auto set = [&k](Tensor w) {
+      ++k;
+      w.copy_(0.5 + (torch::sin(torch::arange(w.numel(), torch::kDouble) * (0.37 * k) + k) + 1) / 2);
+    };
+    for (const auto& l : m->layers()) {
+      set(l.attn_norm->weight);
+      set(l.ffn_norm->weight);
+    }
+    set(m->final_norm_weight());
+  }
   m->to(dtype);
   return m;
 }
@@ -477,31 +500,34 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
                                    << opt.fuse_norm;
       }
     }
-    // greedy through the engine, and decode_loop's on-device greedy, equal the CPU engine's tokens
+    // greedy through the engine, and decode_loop's on-device greedy (graphs, sampling on the device),
+    // equal the CPU engine's tokens, with and without fuse_norm
     Engine ecpu(make_torch_backend(m));
-    opt.graphs = true;
-    opt.fuse_norm = false;
-    auto gpu = make_cuda_backend(m, opt);
-    CudaBackend* raw = gpu.get();
-    Engine egpu(std::move(gpu));
     GenerationRequest r;
     r.prompt = {3, 14, 15, 92, 65, 35};
     r.sampling.max_tokens = 32;
     r.sampling.ignore_eos = true;
     auto rc = ecpu.generate({r, r});
-    auto rg = egpu.generate({r, r});
-    EXPECT_EQ(rc[0].tokens, rg[0].tokens) << "D " << D;
-    EXPECT_EQ(rg[0].tokens, rg[1].tokens);
-    // decode_loop from the same prefill: tokens 2.. equal the engine's
-    raw->reserve(2, 64);
-    auto ids = torch::tensor(std::vector<int64_t>(r.prompt.begin(), r.prompt.end()), torch::kLong).unsqueeze(0);
-    raw->step(ids, {0}, {0});
-    raw->step(ids, {1}, {0});
-    std::vector<int32_t> first = {rc[0].tokens[0], rc[0].tokens[0]};
-    auto loop = raw->decode_loop(first, {0, 1}, {6, 6}, 31, {DeviceSampling{}, DeviceSampling{}});
-    for (int64_t i = 0; i < 31; ++i) {
-      EXPECT_EQ(loop[0][i].item<int>(), rc[0].tokens[i + 1]) << "decode_loop step " << i;
-      EXPECT_EQ(loop[1][i].item<int>(), rc[0].tokens[i + 1]);
+    for (bool fuse : {false, true}) {
+      opt.graphs = true;
+      opt.fuse_norm = fuse;
+      auto gpu = make_cuda_backend(m, opt);
+      CudaBackend* raw = gpu.get();
+      Engine egpu(std::move(gpu));
+      auto rg = egpu.generate({r, r});
+      EXPECT_EQ(rc[0].tokens, rg[0].tokens) << "D " << D << " fuse_norm " << fuse;
+      EXPECT_EQ(rg[0].tokens, rg[1].tokens);
+      // decode_loop from the same prefill: tokens 2.. equal the engine's
+      raw->reserve(2, 64);
+      auto ids = torch::tensor(std::vector<int64_t>(r.prompt.begin(), r.prompt.end()), torch::kLong).unsqueeze(0);
+      raw->step(ids, {0}, {0});
+      raw->step(ids, {1}, {0});
+      std::vector<int32_t> first = {rc[0].tokens[0], rc[0].tokens[0]};
+      auto loop = raw->decode_loop(first, {0, 1}, {6, 6}, 31, {DeviceSampling{}, DeviceSampling{}});
+      for (int64_t i = 0; i < 31; ++i) {
+        EXPECT_EQ(loop[0][i].item<int>(), rc[0].tokens[i + 1]) << "decode_loop step " << i << " fuse_norm " << fuse;
+        EXPECT_EQ(loop[1][i].item<int>(), rc[0].tokens[i + 1]);
+      }
     }
   }
 }

@@ -54,8 +54,8 @@ struct GemvFusion {
   // x is the residual stream and the product reads rmsnorm(x) without its weight: each block sums
   // the squares of x's rows (fp32) while it reads them for the products, and scales each output by
   // its row's 1/rms. The norm weight must be folded into W's columns beforehand (W * g): the result
-  // equals weight * rmsnorm(x) @ W^T up to where bf16/fp16 rounding happens (once in W * g instead
-  // of once per normalized x).
+  // equals weight * rmsnorm(x) @ W^T up to rounding (bf16/fp16 round W * g once, where the unfused
+  // path rounds x * r and then its product with the weight).
   bool rms_norm = false;
   float eps = 1e-5f;
   // y += x @ W^T instead of y = x @ W^T: the product rounded to the dtype, then the sum rounded,
