@@ -97,6 +97,9 @@ class CudaBackendImpl : public CudaBackend {
       v_.push_back(torch::zeros({max_batch_ + 1, Hkv_, max_seq_, D_}, o));
     }
     splits_ = opt_.attention_splits;  // 0: chosen per call from the batch (cuda::default_attention_splits)
+    // the folded merge's counters: zero between calls, shared by the layers (they run in stream order)
+    if (opt_.fold_combine)
+      counters_ = torch::zeros({(max_batch_ + 1) * Hkv_}, torch::TensorOptions().dtype(torch::kInt).device(dev_));
   }
 
   Tensor step(const Tensor& tokens, const std::vector<int64_t>& slots, const std::vector<int64_t>& start) override {
@@ -213,7 +216,7 @@ class CudaBackendImpl : public CudaBackend {
         const Layer& l = layers_[i];
         Tensor q = cuda::rope_qkv_to_cache(cuda::gemv_rmsnorm(l.wqkv, x, eps, ld, ov), pos, slot, inv_freq_, k_[i], v_[i],
                                            H_, Hkv_, D_);
-        Tensor a = cuda::decode_attention(q, k_[i], v_[i], slot, len, splits_);
+        Tensor a = cuda::decode_attention(q, k_[i], v_[i], slot, len, splits_, counters_);
         cuda::gemv_accumulate(x, l.wo, a.view({B, H_ * D_}), ld, ov);
         cuda::gemv_accumulate(x, l.wdown, cuda::swiglu(cuda::gemv_rmsnorm(l.wgu, x, eps, ld, ov)), ld, ov);
       }
@@ -225,7 +228,7 @@ class CudaBackendImpl : public CudaBackend {
       Tensor h = resid.defined() ? cuda::add_rmsnorm(x, resid, l.attn_norm, cfg_.rms_norm_eps)
                                  : cuda::add_rmsnorm(x, std::nullopt, l.attn_norm, cfg_.rms_norm_eps);
       Tensor q = cuda::rope_qkv_to_cache(linear(h, l.wqkv), pos, slot, inv_freq_, k_[i], v_[i], H_, Hkv_, D_);
-      Tensor a = cuda::decode_attention(q, k_[i], v_[i], slot, len, splits_);
+      Tensor a = cuda::decode_attention(q, k_[i], v_[i], slot, len, splits_, counters_);
       h = cuda::add_rmsnorm(x, linear(a.view({B, H_ * D_}), l.wo), l.ffn_norm, cfg_.rms_norm_eps);
       resid = linear(cuda::swiglu(linear(h, l.wgu)), l.wdown);
     }
@@ -323,6 +326,7 @@ class CudaBackendImpl : public CudaBackend {
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<Layer> layers_;
   std::vector<Tensor> k_, v_;
+  Tensor counters_;  // defined with fold_combine
   int64_t max_batch_ = 0, max_seq_ = 0;
   std::map<int64_t, std::unique_ptr<Graph>> graphs_;
 };

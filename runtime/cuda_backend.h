@@ -23,6 +23,10 @@ struct CudaBackendOptions {
   // down GEMVs add into the residual stream (cuda::gemv_rmsnorm / gemv_accumulate). Needs gemv with
   // gemv_loads 0 or 2. Off by default until an H100/H200 run has measured it (scripts/gpu/check.sh).
   bool fuse_norm = false;
+  // Decode attention merges its splits in the last block of each (sequence, kv head) instead of a
+  // second kernel (kernels::decode_attention's counters): one launch fewer per layer, same bits.
+  // Off by default until a GPU run has measured it.
+  bool fold_combine = false;
   int64_t attention_splits = 0;  // 0 = per call, from the batch and kv heads (fill the GPU)
   int device = 0;
 };

@@ -40,7 +40,7 @@ torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, int, bool) { no_c
 torch::Tensor gemv_rmsnorm(const torch::Tensor&, const torch::Tensor&, double, int, bool) { no_cuda("gemv_rmsnorm"); }
 void gemv_accumulate(torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int, bool) { no_cuda("gemv_accumulate"); }
 torch::Tensor decode_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                               const torch::Tensor&, int64_t) { no_cuda("decode_attention"); }
+                               const torch::Tensor&, int64_t, const torch::Tensor&) { no_cuda("decode_attention"); }
 int64_t default_attention_splits(int64_t, int64_t, int64_t) { return 1; }
 torch::Tensor sample(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, torch::Tensor&) { no_cuda("sample"); }
@@ -260,7 +260,8 @@ int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {
 }
 
 torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-                               const torch::Tensor& slot, const torch::Tensor& len, int64_t num_splits) {
+                               const torch::Tensor& slot, const torch::Tensor& len, int64_t num_splits,
+                               const torch::Tensor& counters) {
   const char* op = "decode_attention";
   need_cuda(q_in, op, "q");
   need_dim(q_in, 3, op, "q");
@@ -282,11 +283,21 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
   if (num_splits > 1024)
     throw Error("cuda decode_attention: num_splits=" + std::to_string(num_splits) + " is over 1024", "pass 0 to choose from the batch");
   torch::Tensor s = int32_on(slot, op, "slot"), l = int32_on(len, op, "len");
+  if (counters.defined()) {
+    need_cuda(counters, op, "counters");
+    if (counters.scalar_type() != torch::kInt || !counters.is_contiguous() || counters.numel() < B * Hkv ||
+        counters.device() != q_in.device())
+      throw Error("cuda decode_attention: counters must be a contiguous int32 tensor of at least B*Hkv = " +
+                      std::to_string(B * Hkv) + " zeros on " + q_in.device().str() + ", got " +
+                      std::string(c10::toString(counters.scalar_type())) + " " + shape_of(counters),
+                  "allocate torch::zeros({B * Hkv}, kInt) once and pass it to every call");
+  }
   torch::Tensor ws = torch::empty({K::attention_workspace_bytes(B, H, D, num_splits)}, q.options().dtype(torch::kByte));
   torch::Tensor out = torch::empty_like(q);
   check(K::decode_attention(kdtype(q, op, "q"), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), s.data_ptr<int32_t>(),
                             l.data_ptr<int32_t>(), out.data_ptr(), ws.data_ptr(), B, H, Hkv, D, S, num_splits,
-                            static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), stream()),
+                            static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), stream(),
+                            counters.defined() ? reinterpret_cast<uint32_t*>(counters.data_ptr<int32_t>()) : nullptr),
         op);
   return out;
 }

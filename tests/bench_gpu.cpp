@@ -216,16 +216,19 @@ void decode() {
   const LlamaConfig cfg = llama_1b();
   Llama m = random_model(cfg, 1);
   const int64_t prompt = 128, steps = 128;
-  struct Variant { int64_t B; bool graphs, gemv; int loads; bool overlap; bool fuse_norm = false; };
+  struct Variant { int64_t B; bool graphs, gemv; int loads; bool overlap; bool fuse_norm = false; bool fold = false; };
   const CudaBackendOptions dflt;
   std::vector<Variant> variants = {{1, true, true, dflt.gemv_loads, dflt.overlap, dflt.fuse_norm}};
   for (int loads : {0, 2, 4, 8})  // the GEMV variants, with and without programmatic dependent launch
     for (bool overlap : {false, true})
       if (loads != dflt.gemv_loads || overlap != dflt.overlap) variants.push_back({1, true, true, loads, overlap});
   // the norm folded into the GEMVs (fuse_norm), at batch 1 and 8
+  // and the attention merge folded into the split kernel (fold_combine), alone and with fuse_norm
   for (Variant v : {Variant{1, true, true, 2, true, true}, Variant{1, true, true, 0, true, true},
-                    Variant{8, true, true, 2, true, false}, Variant{8, true, true, 2, true, true}})
-    if (v.fuse_norm != dflt.fuse_norm || v.B != 1) variants.push_back(v);
+                    Variant{1, true, true, 2, true, false, true}, Variant{1, true, true, 2, true, true, true},
+                    Variant{8, true, true, 2, true, false}, Variant{8, true, true, 2, true, true},
+                    Variant{8, true, true, 2, true, true, true}})
+    variants.push_back(v);
   for (Variant v : {Variant{1, true, false, 0, false}, Variant{1, false, true, dflt.gemv_loads, dflt.overlap},
                     Variant{32, true, true, 0, false}, Variant{32, false, true, 0, false}})
     variants.push_back(v);
@@ -236,6 +239,7 @@ void decode() {
     opt.gemv_loads = v.loads;
     opt.overlap = v.overlap;
     opt.fuse_norm = v.fuse_norm;
+    opt.fold_combine = v.fold;
     auto be = make_cuda_backend(m, opt);
     be->reserve(v.B, prompt + steps + 8);
     torch::manual_seed(2);
@@ -263,7 +267,7 @@ void decode() {
                             (prompt + steps / 2.0);
     const double bytes = double(be->weight_bytes_per_step()) + kv_bytes;
     emit({{"bench", "decode"}, {"model", "llama-3.2-1B shape, random bf16"}, {"batch", v.B}, {"graphs", v.graphs},
-          {"gemv", v.gemv}, {"gemv_loads", v.loads}, {"overlap", v.overlap}, {"fuse_norm", v.fuse_norm}, {"prompt_len", prompt}, {"new_tokens", steps}, {"decode_tok_s", v.B * steps / t},
+          {"gemv", v.gemv}, {"gemv_loads", v.loads}, {"overlap", v.overlap}, {"fuse_norm", v.fuse_norm}, {"fold_combine", v.fold}, {"prompt_len", prompt}, {"new_tokens", steps}, {"decode_tok_s", v.B * steps / t},
           {"ms_per_step", step_s * 1e3}, {"bytes_per_step", bytes}, {"achieved_GBps", bytes / step_s / 1e9},
           {"frac_of_copy_bw", bytes / step_s / 1e9 / g_copy_gbs}});
   }

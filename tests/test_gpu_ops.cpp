@@ -232,8 +232,14 @@ TEST(GpuOps, DecodeAttention) {
           len[0] = static_cast<int>(max_seq);
           if (B > 1) len[1] = 0;  // an empty sequence: every split exits, the output is zeros
           Tensor q = randn({B, s.H, s.D}, t);
+          // the folded merge's counters: one set for every call of this shape (each call leaves zeros)
+          Tensor counters = torch::zeros({B * s.Hkv}, torch::TensorOptions().dtype(torch::kInt).device(kDev));
           for (int64_t splits : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{64}}) {
             Tensor out = cuda::decode_attention(q, kc, vc, slot, len, splits);
+            Tensor folded = cuda::decode_attention(q, kc, vc, slot, len, splits, counters);
+            EXPECT_TRUE(torch::equal(folded, out)) << "folded merge " << dname(t) << " H " << s.H << " Hkv " << s.Hkv
+                                                   << " D " << s.D << " max_seq " << max_seq << " B " << B << " splits " << splits;
+            EXPECT_EQ(counters.count_nonzero().item<int64_t>(), 0) << "counters not reset";
             auto sl = slot.cpu(), ln = len.cpu();
             std::vector<Tensor> refs;
             for (int64_t b = 0; b < B; ++b) {
@@ -540,6 +546,7 @@ TEST(GpuBackend, GemvVariantsAndOverlapAgreeExactly) {
   Llama m = tiny_llama(torch::kBFloat16, 64, 4, 2);
   std::vector<Tensor> ref, ref_fused;  // fuse_norm rounds differently (W * g): its own reference
   for (bool fuse : {false, true})
+  for (bool fold : {false, true})  // the folded attention merge computes the same bits
   for (int loads : {0, 2, 4, 8})
     for (bool overlap : {false, true})
       for (bool graphs : {false, true}) {
@@ -549,6 +556,7 @@ TEST(GpuBackend, GemvVariantsAndOverlapAgreeExactly) {
         opt.overlap = overlap;
         opt.graphs = graphs;
         opt.fuse_norm = fuse;
+        opt.fold_combine = fold;
         auto gpu = make_cuda_backend(m, opt);
         gpu->reserve(2, 128);
         torch::manual_seed(9);
@@ -565,7 +573,7 @@ TEST(GpuBackend, GemvVariantsAndOverlapAgreeExactly) {
         }
         for (size_t j = 0; j < got.size(); ++j)
           EXPECT_TRUE(torch::equal(got[j], r[j])) << "loads " << loads << " overlap " << overlap << " graphs " << graphs
-                                                  << " fuse_norm " << fuse << " step " << j;
+                                                  << " fuse_norm " << fuse << " fold_combine " << fold << " step " << j;
       }
 }
 
@@ -609,6 +617,12 @@ TEST(GpuOps, ErrorsNameTheProblem) {
   opt.gemv_loads = 4;
   Llama m = tiny_llama(torch::kFloat, 64, 4, 2);
   EXPECT_NE(test::error_of([&] { make_cuda_backend(m, opt); }).find("fuse_norm needs gemv=true and gemv_loads 0 or 2"),
+            std::string::npos);
+  Tensor q = randn({1, 4, 64}, torch::kFloat), kc = randn({2, 2, 16, 64}, torch::kFloat);
+  auto i32 = torch::TensorOptions().dtype(torch::kInt).device(kDev);
+  Tensor slot = torch::zeros({1}, i32), len = torch::ones({1}, i32);
+  Tensor c64 = torch::zeros({2}, torch::TensorOptions().dtype(torch::kLong).device(kDev));
+  EXPECT_NE(test::error_of([&] { cuda::decode_attention(q, kc, kc, slot, len, 0, c64); }).find("counters must be"),
             std::string::npos);
 }
 

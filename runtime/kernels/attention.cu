@@ -3,7 +3,9 @@
 // group from it (GQA: K/V bytes are read once per group, not once per query head). Within a block,
 // groups of D/8 lanes each own one position at a time (16-byte loads, a 128/256-byte row per group,
 // coalesced), keep an online softmax per query head, and are merged through shared memory; a second
-// kernel merges the splits. Floor: the K and V bytes of the attended positions / HBM bandwidth.
+// kernel merges the splits, or (with `counters`) the last block of each (sequence, kv head) to finish
+// does, so the step has one launch fewer per layer. Floor: the K and V bytes of the attended
+// positions / HBM bandwidth.
 //
 // The chunk a split covers is computed on the device from the sequence's current length (not from
 // the cache's capacity), so a captured graph spreads a short context over as many blocks as a long
@@ -25,13 +27,32 @@ __device__ __forceinline__ int split_chunk(int L, int S, int gran) {
   return max(gran, (c + gran - 1) / gran * gran);
 }
 
+// The merge of a head's splits, shared by the combine kernel and the folded merge so both compute the
+// same bits: mget(s) / lget(s) give split s's running maximum and sum, aget(s) its partial output.
+template <class Fm, class Fl>
+__device__ __forceinline__ void merge_stats(int ns, Fm&& mget, Fl&& lget, float& M, float& inv) {
+  M = -INFINITY;
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, mget(s));
+  float Ls = 0.f;
+  for (int s = 0; s < ns; ++s) Ls += lget(s) * __expf(mget(s) - M);
+  inv = ns > 0 ? 1.f / Ls : 0.f;
+}
+template <class Fm, class Fa>
+__device__ __forceinline__ float merge_out(int ns, float M, float inv, Fm&& mget, Fa&& aget) {
+  float A = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < ns; ++s) A += aget(s) * __expf(mget(s) - M);
+  return A * inv;
+}
+
 // GT: query heads per kv head rounded up to 1, 2, 4 or 8 (registers and shared memory scale with it).
 template <typename T, int D, int GT>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
                                                              const T* __restrict__ vc, const int32_t* __restrict__ slot,
                                                              const int32_t* __restrict__ len, float* part_acc,
                                                              float* part_ml, int H, int Hkv, int64_t max_seq,
-                                                             int S, float scale) {
+                                                             int S, float scale, T* out, unsigned* counters) {
+  pdl_trigger();  // with counters there is no combine: the output projection (a dependent GEMV) may start
   constexpr int V = Vec<T>::N;
   constexpr int LPP = D / V;  // lanes per position
   constexpr int GROUPS = kThreads / LPP;
@@ -44,7 +65,12 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
   const int L = len[b];
   const int chunk = split_chunk(L, S, GROUPS);
   const int s0 = split * chunk;
-  if (s0 >= L) return;  // the combine kernel reads only splits that hold positions
+  if (s0 >= L) {  // the merge reads only splits that hold positions
+    if (counters && L == 0 && split == 0)  // an empty sequence: no block counts, split 0 writes the zeros
+      for (int idx = threadIdx.x; idx < G * D; idx += kThreads)
+        out[(static_cast<int64_t>(b) * H + kvh * G) * D + idx] = from_f<T>(0.f);
+    return;
+  }
   const int s1 = min(s0 + chunk, L);
   const int grp = threadIdx.x / LPP, gl = threadIdx.x % LPP;
 
@@ -136,6 +162,36 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
       part_ml[(h * S + split) * 2 + 1] = Ls;
     }
   }
+  if (counters == nullptr) return;
+  // Folded merge: this block's partials are made visible device-wide, then counted; the block that
+  // brings the count to the number of active splits merges them all (reading through L2) and resets
+  // the counter to zero for the next call or graph replay.
+  __shared__ bool s_last;
+  __threadfence();
+  __syncthreads();
+  const int ns = (L + chunk - 1) / chunk;
+  if (threadIdx.x == 0) {
+    unsigned* c = counters + static_cast<int64_t>(b) * Hkv + kvh;
+    s_last = atomicAdd(c, 1u) == static_cast<unsigned>(ns - 1);
+    if (s_last) *c = 0u;  // every block of this (sequence, kv head) has counted
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  __shared__ float s_M[GT], s_inv[GT];
+  const int64_t h0 = static_cast<int64_t>(b) * H + kvh * G;
+  if (threadIdx.x < G) {
+    const int64_t h = h0 + threadIdx.x;
+    merge_stats(ns, [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
+                [&](int s) { return __ldcg(part_ml + (h * S + s) * 2 + 1); }, s_M[threadIdx.x], s_inv[threadIdx.x]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D, d = idx % D;
+    const int64_t h = h0 + g;
+    out[h * D + d] = from_f<T>(merge_out(ns, s_M[g], s_inv[g], [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
+                                         [&](int s) { return __ldcg(part_acc + (h * S + s) * D + d); }));
+  }
 }
 
 // One block per (sequence, query head): the splits' maxima and sums are staged in shared memory
@@ -155,36 +211,31 @@ __global__ void attn_combine_kernel(const float* part_acc, const float* part_ml,
     s_ml[S + s] = part_ml[(h * S + s) * 2 + 1];
   }
   __syncthreads();
-  float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, s_ml[s]);
-  float Ls = 0.f;
-  for (int s = 0; s < ns; ++s) Ls += s_ml[S + s] * __expf(s_ml[s] - M);
-  const float inv = ns > 0 ? 1.f / Ls : 0.f;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float A = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < ns; ++s) A += part_acc[(h * S + s) * D + d] * __expf(s_ml[s] - M);
-    out[h * D + d] = from_f<T>(A * inv);
-  }
+  auto mget = [&](int s) { return s_ml[s]; };
+  float M, inv;
+  merge_stats(ns, mget, [&](int s) { return s_ml[S + s]; }, M, inv);
+  for (int d = threadIdx.x; d < D; d += blockDim.x)
+    out[h * D + d] = from_f<T>(merge_out(ns, M, inv, mget, [&](int s) { return part_acc[(h * S + s) * D + d]; }));
 }
 
 template <typename T, int D, int GT>
 void launch(const T* q, const T* kc, const T* vc, const int32_t* slot, const int32_t* len, T* out, float* acc,
-            float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, cudaStream_t s) {
+            float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, unsigned* counters, cudaStream_t s) {
   constexpr int gran = kThreads / (D / Vec<T>::N);  // positions per block step (GROUPS)
   attn_split_kernel<T, D, GT><<<dim3(S, Hkv, B), kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, S,
-                                                                    scale);
-  attn_combine_kernel<T><<<B * H, D, 2 * S * sizeof(float), s>>>(acc, ml, len, out, H, D, gran, S);
+                                                                    scale, out, counters);
+  if (!counters) attn_combine_kernel<T><<<B * H, D, 2 * S * sizeof(float), s>>>(acc, ml, len, out, H, D, gran, S);
 }
 
 template <typename T, int D>
 void launch_g(const T* q, const T* kc, const T* vc, const int32_t* slot, const int32_t* len, T* out, float* acc,
-              float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, cudaStream_t s) {
+              float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, unsigned* counters,
+              cudaStream_t s) {
   const int G = H / Hkv;
-  if (G <= 1) launch<T, D, 1>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
-  else if (G <= 2) launch<T, D, 2>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
-  else if (G <= 4) launch<T, D, 4>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
-  else launch<T, D, 8>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, s);
+  if (G <= 1) launch<T, D, 1>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, counters, s);
+  else if (G <= 2) launch<T, D, 2>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, counters, s);
+  else if (G <= 4) launch<T, D, 4>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, counters, s);
+  else launch<T, D, 8>(q, kc, vc, slot, len, out, acc, ml, B, H, Hkv, max_seq, S, scale, counters, s);
 }
 
 }  // namespace
@@ -195,7 +246,8 @@ int64_t attention_workspace_bytes(int64_t B, int64_t H, int64_t D, int64_t num_s
 
 cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const void* v_cache, const int32_t* slot,
                              const int32_t* len, void* out, void* workspace, int64_t B, int64_t H, int64_t Hkv,
-                             int64_t D, int64_t max_seq, int64_t num_splits, float scale, cudaStream_t stream) {
+                             int64_t D, int64_t max_seq, int64_t num_splits, float scale, cudaStream_t stream,
+                             uint32_t* counters) {
   if (!q || !k_cache || !v_cache || !slot || !len || !out || !workspace || B <= 0 || Hkv <= 0 || H % Hkv != 0 ||
       H / Hkv > kMaxG || num_splits <= 0 || num_splits > 1024 || max_seq <= 0 || B > 65535)
     return cudaErrorInvalidValue;
@@ -208,8 +260,8 @@ cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const 
     auto* kp = static_cast<const scalar_t*>(k_cache);
     auto* vp = static_cast<const scalar_t*>(v_cache);
     auto* op = static_cast<scalar_t*>(out);
-    if (D == 64) launch_g<scalar_t, 64>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
-    else launch_g<scalar_t, 128>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, stream);
+    if (D == 64) launch_g<scalar_t, 64>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, counters, stream);
+    else launch_g<scalar_t, 128>(qp, kp, vp, slot, len, op, acc, ml, Bi, Hi, Hk, max_seq, S, scale, counters, stream);
   });
   return launch_status();
 }

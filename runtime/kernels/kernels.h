@@ -71,10 +71,14 @@ cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* 
 // positions are split into at most `num_splits` (1..1024) chunks, sized on the device from len;
 // splits past the last chunk exit at once, so the launch shape is fixed for any lengths
 // (CUDA-graph friendly). D in {64, 128}; H / Hkv <= 8.
+// `counters`: null (a second kernel merges the splits), or B*Hkv zeroed uint32 in device memory:
+// the last split block of each (sequence, kv head) to finish merges them (same result, bit for
+// bit) and sets its counter back to zero, so the same counters serve every call on the stream.
 int64_t attention_workspace_bytes(int64_t B, int64_t H, int64_t D, int64_t num_splits);
 cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const void* v_cache, const int32_t* slot,
                              const int32_t* len, void* out, void* workspace, int64_t B, int64_t H, int64_t Hkv,
-                             int64_t D, int64_t max_seq, int64_t num_splits, float scale, cudaStream_t stream);
+                             int64_t D, int64_t max_seq, int64_t num_splits, float scale, cudaStream_t stream,
+                             uint32_t* counters = nullptr);
 
 // Sampling on the device, one row per sequence, no host synchronisation. logits (B, V) of dtype t.
 // temperature[b] <= 0: greedy (first index of the maximum). Otherwise softmax(logits / T) filtered
