@@ -40,7 +40,9 @@ torch::Tensor gemv(const torch::Tensor&, const torch::Tensor&, int, bool) { no_c
 torch::Tensor gemv_rmsnorm(const torch::Tensor&, const torch::Tensor&, double, int, bool) { no_cuda("gemv_rmsnorm"); }
 void gemv_accumulate(torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int, bool) { no_cuda("gemv_accumulate"); }
 torch::Tensor decode_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                               const torch::Tensor&, int64_t, const torch::Tensor&) { no_cuda("decode_attention"); }
+                               const torch::Tensor&, int64_t, const torch::Tensor&, const torch::Tensor&) {
+  no_cuda("decode_attention");
+}
 int64_t default_attention_splits(int64_t, int64_t, int64_t) { return 1; }
 torch::Tensor sample(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                      const torch::Tensor&, torch::Tensor&) { no_cuda("sample"); }
@@ -261,7 +263,7 @@ int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {
 
 torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                                const torch::Tensor& slot, const torch::Tensor& len, int64_t num_splits,
-                               const torch::Tensor& counters) {
+                               const torch::Tensor& counters, const torch::Tensor& out_in) {
   const char* op = "decode_attention";
   need_cuda(q_in, op, "q");
   need_dim(q_in, 3, op, "q");
@@ -293,7 +295,12 @@ torch::Tensor decode_attention(const torch::Tensor& q_in, const torch::Tensor& k
                   "allocate torch::zeros({B * Hkv}, kInt) once and pass it to every call");
   }
   torch::Tensor ws = torch::empty({K::attention_workspace_bytes(B, H, D, num_splits)}, q.options().dtype(torch::kByte));
-  torch::Tensor out = torch::empty_like(q);
+  torch::Tensor out = out_in.defined() ? out_in : torch::empty_like(q);
+  if (out_in.defined() && (out.sizes() != q.sizes() || out.scalar_type() != q.scalar_type() || !out.is_contiguous() ||
+                           out.device() != q.device()))
+    throw Error("cuda decode_attention: out must be a contiguous " + shape_of(q) + " " +
+                std::string(c10::toString(q.scalar_type())) + " tensor on " + q.device().str() + ", got " +
+                std::string(c10::toString(out.scalar_type())) + " " + shape_of(out));
   check(K::decode_attention(kdtype(q, op, "q"), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), s.data_ptr<int32_t>(),
                             l.data_ptr<int32_t>(), out.data_ptr(), ws.data_ptr(), B, H, Hkv, D, S, num_splits,
                             static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), stream(),

@@ -36,10 +36,11 @@ void gemv_accumulate(torch::Tensor& y, const torch::Tensor& W, const torch::Tens
 // q (B, H, D); slot, len (B,) int32. num_splits 0 = default_attention_splits(B, Hkv, max_seq).
 // counters: undefined (a second kernel merges the splits), or an int32 CUDA tensor of at least
 // B*Hkv zeros that the last block of each (sequence, kv head) uses to merge them in the same
-// kernel; it is all zeros again after the call (kernels::decode_attention).
+// kernel; it is all zeros again after the call (kernels::decode_attention). out: undefined (a new
+// tensor), or a contiguous (B, H, D) tensor of q's dtype to write into (returned).
 torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                                const torch::Tensor& slot, const torch::Tensor& len, int64_t num_splits = 0,
-                               const torch::Tensor& counters = {});
+                               const torch::Tensor& counters = {}, const torch::Tensor& out = {});
 // Splits for B sequences over Hkv kv heads: enough blocks to fill the GPU (each split's length is
 // taken from the sequence's current length on the device, so this holds for any length).
 int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq);

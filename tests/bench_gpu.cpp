@@ -218,7 +218,7 @@ void decode() {
   const int64_t prompt = 128, steps = 128;
   struct Variant { int64_t B; bool graphs, gemv; int loads; bool overlap; bool fuse_norm = false; bool fold = false; };
   const CudaBackendOptions dflt;
-  std::vector<Variant> variants = {{1, true, true, dflt.gemv_loads, dflt.overlap, dflt.fuse_norm}};
+  std::vector<Variant> variants = {{1, true, true, dflt.gemv_loads, dflt.overlap, dflt.fuse_norm, dflt.fold_combine}};
   for (int loads : {0, 2, 4, 8})  // the GEMV variants, with and without programmatic dependent launch
     for (bool overlap : {false, true})
       if (loads != dflt.gemv_loads || overlap != dflt.overlap) variants.push_back({1, true, true, loads, overlap});

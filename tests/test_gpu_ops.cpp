@@ -6,6 +6,7 @@
 // and gradients), fp16 2e-3, bf16 1e-2 (one or two roundings of the output to 8 bits of mantissa).
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -236,7 +237,9 @@ TEST(GpuOps, DecodeAttention) {
           Tensor counters = torch::zeros({B * s.Hkv}, torch::TensorOptions().dtype(torch::kInt).device(kDev));
           for (int64_t splits : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{64}}) {
             Tensor out = cuda::decode_attention(q, kc, vc, slot, len, splits);
-            Tensor folded = cuda::decode_attention(q, kc, vc, slot, len, splits, counters);
+            // into NaNs: a head the folded merge left unwritten cannot pass as the combine's output
+            Tensor folded = torch::full_like(q, std::numeric_limits<double>::quiet_NaN());
+            cuda::decode_attention(q, kc, vc, slot, len, splits, counters, folded);
             EXPECT_TRUE(torch::equal(folded, out)) << "folded merge " << dname(t) << " H " << s.H << " Hkv " << s.Hkv
                                                    << " D " << s.D << " max_seq " << max_seq << " B " << B << " splits " << splits;
             EXPECT_EQ(counters.count_nonzero().item<int64_t>(), 0) << "counters not reset";
@@ -259,6 +262,20 @@ TEST(GpuOps, DecodeAttention) {
                 << " splits " << splits;
           }
         }
+  // Many folded calls back to back on the stream, 64 splits: an ordering race between a block's
+  // partials and the count would show as a difference in some call.
+  const int64_t B = 7, Hkv = 8, H = 32, D = 64, max_seq = 4096;
+  Tensor kc = randn({B, Hkv, max_seq, D}, torch::kBFloat16), vc = randn({B, Hkv, max_seq, D}, torch::kBFloat16);
+  auto i32 = torch::TensorOptions().dtype(torch::kInt).device(kDev);
+  Tensor slot = torch::arange(B, i32), len = torch::randint(1, max_seq + 1, {B}, i32), q = randn({B, H, D}, torch::kBFloat16);
+  Tensor counters = torch::zeros({B * Hkv}, i32);
+  Tensor ref = cuda::decode_attention(q, kc, vc, slot, len, 64);
+  std::vector<Tensor> outs;
+  for (int i = 0; i < 200; ++i) outs.push_back(cuda::decode_attention(q, kc, vc, slot, len, 64, counters));
+  int same = 0;
+  for (const auto& o : outs) same += torch::equal(o, ref);
+  EXPECT_EQ(same, 200) << "folded calls equal to the combine's output";
+  EXPECT_EQ(counters.count_nonzero().item<int64_t>(), 0);
 }
 
 TEST(GpuOps, SampleGreedyIsArgmax) {
@@ -479,10 +496,11 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
     auto cpu = make_torch_backend(m);
     CudaBackendOptions opt;
     opt.dtype = torch::kFloat;
-    for (int run = 0; run < 4; ++run) {
+    for (int run = 0; run < 6; ++run) {  // graphs off/on x (plain, fuse_norm, fuse_norm + fold_combine)
       const bool graphs = run % 2 == 1;
       opt.graphs = graphs;
       opt.fuse_norm = run >= 2;
+      opt.fold_combine = run >= 4;
       auto gpu = make_cuda_backend(m, opt);
       cpu->reserve(3, 200);
       gpu->reserve(3, 200);
@@ -517,6 +535,7 @@ TEST(GpuBackend, MatchesTorchBackendLogitsAndGreedy) {
     for (bool fuse : {false, true}) {
       opt.graphs = true;
       opt.fuse_norm = fuse;
+      opt.fold_combine = fuse;
       auto gpu = make_cuda_backend(m, opt);
       CudaBackend* raw = gpu.get();
       Engine egpu(std::move(gpu));
@@ -623,6 +642,15 @@ TEST(GpuOps, ErrorsNameTheProblem) {
   Tensor slot = torch::zeros({1}, i32), len = torch::ones({1}, i32);
   Tensor c64 = torch::zeros({2}, torch::TensorOptions().dtype(torch::kLong).device(kDev));
   EXPECT_NE(test::error_of([&] { cuda::decode_attention(q, kc, kc, slot, len, 0, c64); }).find("counters must be"),
+            std::string::npos);
+  Tensor c1 = torch::zeros({1}, i32);  // B*Hkv = 2 needed
+  EXPECT_NE(test::error_of([&] { cuda::decode_attention(q, kc, kc, slot, len, 0, c1); }).find("at least B*Hkv = 2"),
+            std::string::npos);
+  Tensor ccpu = torch::zeros({2}, torch::kInt);
+  EXPECT_NE(test::error_of([&] { cuda::decode_attention(q, kc, kc, slot, len, 0, ccpu); }).find("must be a CUDA tensor"),
+            std::string::npos);
+  Tensor bad_out = randn({1, 4, 32}, torch::kFloat);
+  EXPECT_NE(test::error_of([&] { cuda::decode_attention(q, kc, kc, slot, len, 0, {}, bad_out); }).find("out must be"),
             std::string::npos);
 }
 

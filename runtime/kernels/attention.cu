@@ -45,8 +45,44 @@ __device__ __forceinline__ float merge_out(int ns, float M, float inv, Fm&& mget
   return A * inv;
 }
 
+// The folded merge, run by every thread of each active split block after its partials are written.
+template <typename T, int GT>
+__device__ __forceinline__ void fold_merge(const float* part_acc, const float* part_ml, T* out, unsigned* counters,
+                                           int b, int kvh, int H, int Hkv, int G, int D, int S, int ns) {
+  // Folded merge: this block's partials are made visible device-wide, then counted; the block that
+  // brings the count to the number of active splits merges them all (reading through L2). The
+  // count wraps to zero on that last increment (atomicInc), ready for the next call or replay.
+  __shared__ bool s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // after the barrier: orders every thread's partials before the count
+    const unsigned last = static_cast<unsigned>(ns - 1);
+    s_last = atomicInc(counters + static_cast<int64_t>(b) * Hkv + kvh, last) == last;
+    __threadfence();  // the other blocks' partials are read after the count that saw them all
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __shared__ float s_M[GT], s_inv[GT];
+  const int64_t h0 = static_cast<int64_t>(b) * H + kvh * G;
+  if (threadIdx.x < G) {
+    const int64_t h = h0 + threadIdx.x;
+    merge_stats(ns, [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
+                [&](int s) { return __ldcg(part_ml + (h * S + s) * 2 + 1); }, s_M[threadIdx.x], s_inv[threadIdx.x]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D, d = idx % D;
+    const int64_t h = h0 + g;
+    out[h * D + d] = from_f<T>(merge_out(ns, s_M[g], s_inv[g], [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
+                                         [&](int s) { return __ldcg(part_acc + (h * S + s) * D + d); }));
+  }
+}
+
 // GT: query heads per kv head rounded up to 1, 2, 4 or 8 (registers and shared memory scale with it).
-template <typename T, int D, int GT>
+// FOLD: counters is non-null and the last block merges (a separate instantiation: the merge code
+// costs registers the default path should not pay).
+template <typename T, int D, int GT, bool FOLD>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
                                                              const T* __restrict__ vc, const int32_t* __restrict__ slot,
                                                              const int32_t* __restrict__ len, float* part_acc,
@@ -66,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
   const int chunk = split_chunk(L, S, GROUPS);
   const int s0 = split * chunk;
   if (s0 >= L) {  // the merge reads only splits that hold positions
-    if (counters && L == 0 && split == 0)  // an empty sequence: no block counts, split 0 writes the zeros
+    if (FOLD && L <= 0 && split == 0)  // an empty sequence: no block counts, split 0 writes the zeros
       for (int idx = threadIdx.x; idx < G * D; idx += kThreads)
         out[(static_cast<int64_t>(b) * H + kvh * G) * D + idx] = from_f<T>(0.f);
     return;
@@ -162,36 +198,7 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const T* __restric
       part_ml[(h * S + split) * 2 + 1] = Ls;
     }
   }
-  if (counters == nullptr) return;
-  // Folded merge: this block's partials are made visible device-wide, then counted; the block that
-  // brings the count to the number of active splits merges them all (reading through L2) and resets
-  // the counter to zero for the next call or graph replay.
-  __shared__ bool s_last;
-  __threadfence();
-  __syncthreads();
-  const int ns = (L + chunk - 1) / chunk;
-  if (threadIdx.x == 0) {
-    unsigned* c = counters + static_cast<int64_t>(b) * Hkv + kvh;
-    s_last = atomicAdd(c, 1u) == static_cast<unsigned>(ns - 1);
-    if (s_last) *c = 0u;  // every block of this (sequence, kv head) has counted
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  __shared__ float s_M[GT], s_inv[GT];
-  const int64_t h0 = static_cast<int64_t>(b) * H + kvh * G;
-  if (threadIdx.x < G) {
-    const int64_t h = h0 + threadIdx.x;
-    merge_stats(ns, [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
-                [&](int s) { return __ldcg(part_ml + (h * S + s) * 2 + 1); }, s_M[threadIdx.x], s_inv[threadIdx.x]);
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
-    const int g = idx / D, d = idx % D;
-    const int64_t h = h0 + g;
-    out[h * D + d] = from_f<T>(merge_out(ns, s_M[g], s_inv[g], [&](int s) { return __ldcg(part_ml + (h * S + s) * 2); },
-                                         [&](int s) { return __ldcg(part_acc + (h * S + s) * D + d); }));
-  }
+  if constexpr (FOLD) fold_merge<T, GT>(part_acc, part_ml, out, counters, b, kvh, H, Hkv, G, D, S, (L + chunk - 1) / chunk);
 }
 
 // One block per (sequence, query head): the splits' maxima and sums are staged in shared memory
@@ -222,9 +229,15 @@ template <typename T, int D, int GT>
 void launch(const T* q, const T* kc, const T* vc, const int32_t* slot, const int32_t* len, T* out, float* acc,
             float* ml, int B, int H, int Hkv, int64_t max_seq, int S, float scale, unsigned* counters, cudaStream_t s) {
   constexpr int gran = kThreads / (D / Vec<T>::N);  // positions per block step (GROUPS)
-  attn_split_kernel<T, D, GT><<<dim3(S, Hkv, B), kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, S,
-                                                                    scale, out, counters);
-  if (!counters) attn_combine_kernel<T><<<B * H, D, 2 * S * sizeof(float), s>>>(acc, ml, len, out, H, D, gran, S);
+  const dim3 grid(S, Hkv, B);
+  if (counters) {
+    attn_split_kernel<T, D, GT, true><<<grid, kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, S, scale,
+                                                                 out, counters);
+  } else {
+    attn_split_kernel<T, D, GT, false><<<grid, kThreads, 0, s>>>(q, kc, vc, slot, len, acc, ml, H, Hkv, max_seq, S,
+                                                                  scale, out, counters);
+    attn_combine_kernel<T><<<B * H, D, 2 * S * sizeof(float), s>>>(acc, ml, len, out, H, D, gran, S);
+  }
 }
 
 template <typename T, int D>

@@ -73,7 +73,8 @@ cudaError_t gemv(DType t, const void* W, const void* x, int64_t x_stride, void* 
 // (CUDA-graph friendly). D in {64, 128}; H / Hkv <= 8.
 // `counters`: null (a second kernel merges the splits), or B*Hkv zeroed uint32 in device memory:
 // the last split block of each (sequence, kv head) to finish merges them (same result, bit for
-// bit) and sets its counter back to zero, so the same counters serve every call on the stream.
+// bit) and its counter wraps back to zero, so the same counters serve every call on the stream. A
+// counter left non-zero (a kernel killed mid-call) would merge early: re-zero them after an error.
 int64_t attention_workspace_bytes(int64_t B, int64_t H, int64_t D, int64_t num_splits);
 cudaError_t decode_attention(DType t, const void* q, const void* k_cache, const void* v_cache, const int32_t* slot,
                              const int32_t* len, void* out, void* workspace, int64_t B, int64_t H, int64_t Hkv,
