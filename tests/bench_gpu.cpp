@@ -215,8 +215,11 @@ void kernels() {
 void decode() {
   const LlamaConfig cfg = llama_1b();
   Llama m = random_model(cfg, 1);
-  const int64_t prompt = 128, steps = 128;
-  struct Variant { int64_t B; bool graphs, gemv; int loads; bool overlap; bool fuse_norm = false; bool fold = false; };
+  const int64_t steps = 128;
+  struct Variant {
+    int64_t B; bool graphs, gemv; int loads; bool overlap; bool fuse_norm = false; bool fold = false;
+    int64_t prompt = 128;
+  };
   const CudaBackendOptions dflt;
   std::vector<Variant> variants = {{1, true, true, dflt.gemv_loads, dflt.overlap, dflt.fuse_norm, dflt.fold_combine}};
   for (int loads : {0, 2, 4, 8})  // the GEMV variants, with and without programmatic dependent launch
@@ -229,10 +232,13 @@ void decode() {
                     Variant{8, true, true, 2, true, false}, Variant{8, true, true, 2, true, true},
                     Variant{8, true, true, 2, true, true, true}})
     variants.push_back(v);
+  // long context, where the folded merge's last block has the most splits to merge
+  for (bool fold : {false, true}) variants.push_back(Variant{8, true, true, 2, true, false, fold, 4096});
   for (Variant v : {Variant{1, true, false, 0, false}, Variant{1, false, true, dflt.gemv_loads, dflt.overlap},
                     Variant{32, true, true, 0, false}, Variant{32, false, true, 0, false}})
     variants.push_back(v);
   for (Variant v : variants) {
+    const int64_t prompt = v.prompt;
     CudaBackendOptions opt;
     opt.graphs = v.graphs;
     opt.gemv = v.gemv;

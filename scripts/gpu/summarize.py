@@ -37,6 +37,8 @@ def main():
             if r["gemv"] and r["batch"] <= 8 and "gemv_loads" in r:
                 name += f" loads={r['gemv_loads']}" + (" +PDL" if r.get("overlap") else "")
             name += (" +fuse_norm" if r.get("fuse_norm") else "") + (" +fold_combine" if r.get("fold_combine") else "")
+            if r.get("prompt_len", 128) != 128:
+                name += f" (prompt {r['prompt_len']})"
             print(f"| {name} | {r['batch']} | {r['decode_tok_s']:.0f} | {r['ms_per_step']:.3f} | {r['achieved_GBps']:.0f} | "
                   f"{100 * r['frac_of_copy_bw']:.0f}% |")
         if r.get("peer") == "transformers":
