@@ -200,18 +200,22 @@ std::pair<torch::Tensor, torch::Tensor> gemv_inputs(const char* op, const torch:
                 " do not fit (B<=8, K matching)");
   return {W_in.contiguous(), x_in.contiguous()};
 }
+
+// y (B, N) = [y +] x @ W^T through kernels::gemv. W is read before the wait: a W that contiguous()
+// just copied (W_in was not contiguous) must not be read before the copy ends, so no overlap then.
+void run_gemv(const char* op, const torch::Tensor& W_in, const torch::Tensor& W, const torch::Tensor& x,
+              torch::Tensor& y, int loads, bool overlap, const K::GemvFusion& f = {}) {
+  c10::cuda::CUDAGuard guard(W.device());
+  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
+                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap && W_in.is_contiguous()}, f),
+        op);
+}
 }  // namespace
 
 torch::Tensor gemv(const torch::Tensor& W_in, const torch::Tensor& x_in, int loads, bool overlap) {
-  const char* op = "gemv";
-  auto [W, x] = gemv_inputs(op, W_in, x_in, loads, false);
-  c10::cuda::CUDAGuard guard(W.device());
+  auto [W, x] = gemv_inputs("gemv", W_in, x_in, loads, false);
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
-  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
-                W.size(0), W.size(1), stream(),
-                // W is read before the wait: a W that contiguous() just copied must not overlap its copy
-                K::GemvOptions{loads, overlap && W_in.is_contiguous()}),
-        op);
+  run_gemv("gemv", W_in, W, x, y, loads, overlap);
   return y;
 }
 
@@ -219,14 +223,11 @@ torch::Tensor gemv_rmsnorm(const torch::Tensor& W_in, const torch::Tensor& x_in,
   const char* op = "gemv_rmsnorm";
   auto [W, x] = gemv_inputs(op, W_in, x_in, loads, true);
   if (!(eps >= 0)) throw Error("cuda gemv_rmsnorm: eps must be >= 0, got " + std::to_string(eps));
-  c10::cuda::CUDAGuard guard(W.device());
   torch::Tensor y = torch::empty({x.size(0), W.size(0)}, x.options());
   K::GemvFusion f;
   f.rms_norm = true;
   f.eps = static_cast<float>(eps);
-  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
-                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap && W_in.is_contiguous()}, f),
-        op);
+  run_gemv(op, W_in, W, x, y, loads, overlap, f);
   return y;
 }
 
@@ -243,12 +244,9 @@ void gemv_accumulate(torch::Tensor& y, const torch::Tensor& W_in, const torch::T
                 std::to_string(W.size(0)) + ") with contiguous rows (it is updated in place)");
   if (y.device() != W.device())
     throw Error("cuda gemv_accumulate: y is on " + y.device().str() + ", W on " + W.device().str());
-  c10::cuda::CUDAGuard guard(W.device());
   K::GemvFusion f;
   f.accumulate = true;
-  check(K::gemv(kdtype(W, op, "W"), W.data_ptr(), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.size(0),
-                W.size(0), W.size(1), stream(), K::GemvOptions{loads, overlap && W_in.is_contiguous()}, f),
-        op);
+  run_gemv(op, W_in, W, x, y, loads, overlap, f);
 }
 
 int64_t default_attention_splits(int64_t B, int64_t Hkv, int64_t max_seq) {

@@ -45,13 +45,13 @@ __device__ __forceinline__ float merge_out(int ns, float M, float inv, Fm&& mget
   return A * inv;
 }
 
-// The folded merge, run by every thread of each active split block after its partials are written.
+// The folded merge, run by every thread of each active split block after its partials are written:
+// they are made visible device-wide, then counted; the block that brings the count to the number of
+// active splits merges them all (reading through L2). The count wraps to zero on that last
+// increment (atomicInc), ready for the next call or replay.
 template <typename T, int GT>
 __device__ __forceinline__ void fold_merge(const float* part_acc, const float* part_ml, T* out, unsigned* counters,
                                            int b, int kvh, int H, int Hkv, int G, int D, int S, int ns) {
-  // Folded merge: this block's partials are made visible device-wide, then counted; the block that
-  // brings the count to the number of active splits merges them all (reading through L2). The
-  // count wraps to zero on that last increment (atomicInc), ready for the next call or replay.
   __shared__ bool s_last;
   __threadfence();
   __syncthreads();
